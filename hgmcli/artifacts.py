@@ -79,7 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _write_via(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     try:
         with atomic_path(path) as tmp:
             write(tmp)
@@ -104,7 +104,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: di
                 with zf.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
-    return _write_via(path, write)
+    return write_file(path, write)
 
 
 def save_pt(path: str | os.PathLike, payload: Mapping[str, Any], meta: dict) -> Path:
@@ -115,12 +115,12 @@ def save_pt(path: str | os.PathLike, payload: Mapping[str, Any], meta: dict) -> 
         raise ValueError("'meta' is reserved for the metadata")
     obj = dict(payload)
     obj["meta"] = json.dumps(meta, sort_keys=True)
-    return _write_via(path, lambda tmp: torch.save(obj, tmp))
+    return write_file(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return _write_via(path, lambda tmp: tmp.write_text(text))
+    return write_file(path, lambda tmp: tmp.write_text(text))
 
 
 # --------------------------------------------------------------------------- reading

@@ -92,9 +92,10 @@ class TrainConfig:
     epochs: int = 5  # passes over the training split (adam-ce)
     steps: int | None = None  # if set, train this many minibatch steps instead of epochs
     batch_size: int = 128  # examples per Adam step
-    lr: float = 1e-3  # Adam learning rate (adam-ce) or GD step eta (gd-linear)
+    lr: float = 1e-3  # Adam learning rate (adam-ce, and the head of jl)
     weight_decay: float = 0.0  # the paper uses no tricks
-    iterations: int = 100  # T: full-batch GD iterations (gd-linear)
+    eta: float = 1.0  # gd-linear: GD learning rate eta (§4.1)
+    iterations: int = 100  # gd-linear: T full-batch GD iterations
     sigma: float = 1.0  # gd-linear init: rows of K_0 on the sphere of radius sigma/(2 sqrt(n))
     memory_budget: str | None = None  # cache of frozen features, e.g. "4G"; None: 40% of free RAM
     cache_dtype: Literal["float16", "uint8"] = "float16"  # uint8: 4x smaller, exact to 1/255 of range
@@ -320,22 +321,18 @@ def load_config(
     cls: type[T],
     path: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
-    options: dict[str, Any] | None = None,
-    section: str | None = None,
 ) -> T:
-    """defaults <- YAML file <- ``--set`` overrides <- explicit CLI options.
-
-    ``section``: a single command reading a pipeline config takes that
-    section (e.g. ``generate``) when the file has one."""
+    """defaults <- YAML file <- ``--set`` overrides, validated into ``cls``."""
     raw: dict = read_yaml(path) if path is not None else {}
-    if section is not None and isinstance(raw.get(section), dict):
-        raw = raw[section]
-    defaults = to_dict(cls())
-    raw = apply_overrides(raw, overrides or [], defaults)
-    for name, value in (options or {}).items():
-        if value is not None:
-            raw[name] = value
+    raw = apply_overrides(raw, overrides or [], to_dict(cls()))
     return from_dict(cls, raw)
+
+
+def with_options(cfg: T, options: dict[str, Any], prefix: str = "") -> T:
+    """``cfg`` with the explicitly given command-line options (non-None) applied, re-validated."""
+    raw = to_dict(cfg)
+    raw.update({k: v for k, v in options.items() if v is not None})
+    return from_dict(type(cfg), raw, prefix)
 
 
 def parse_size(text: str | None) -> int | None:

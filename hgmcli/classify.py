@@ -1,0 +1,233 @@
+"""Final classifiers on the network's output (§5.1 "Classification Algorithm",
+§6 final classifier).
+
+* ``svm``: a linear SVM, squared hinge, one-vs-rest, with liblinear's
+  objective 0.5*||w||^2 + C * sum_i max(0, 1 - t_i (w.x_i + b))^2, the bias
+  regularised like a weight (intercept_scaling = 1). scikit-learn's
+  ``LinearSVC`` where the features fit in memory; our torch solver
+  (full-batch L-BFGS on the same objective, CPU or CUDA) otherwise.
+* ``linear`` / ``fc``: a linear layer, or a three-layer fully connected ReLU
+  network (hidden 384, 192 as in the TensorFlow CIFAR-10 tutorial), trained
+  with Adam on cross-entropy for a number of iterations; accuracy on the
+  validation split recorded every ``eval_every`` iterations (§6: every 10k).
+
+Every classifier ends as an ``nn.Sequential`` (Flatten, Linear[, ReLU, ...])
+whose argmax is the prediction: a binary SVM's decision function d becomes
+logits (0, d)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ClassifierConfig
+from .errors import HgmError, TrainingError
+from .progress import Progress, no_progress
+from .train import FrozenFeatures
+
+
+def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int]) -> nn.Sequential:
+    """The classifier module; ``svm`` and ``linear`` are one Linear layer."""
+    dims = [in_dim] + (list(hidden) if kind == "fc" else []) + [n_classes]
+    mods: list[nn.Module] = [nn.Flatten()]
+    for i in range(len(dims) - 1):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+@dataclass
+class FitResult:
+    head: nn.Sequential
+    curve: list[tuple[int, float]]  # (iteration, validation accuracy)
+    stats: dict
+
+
+# --------------------------------------------------------------------------- SVM
+
+
+def svm_targets(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """t in {-1,+1}: (N, 1) for two classes (positive = class 1), else (N, L) one-vs-rest."""
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    if n_classes == 2:
+        return (2.0 * (y_t == 1).float() - 1.0)[:, None]
+    return 2.0 * F.one_hot(y_t, n_classes).float() - 1.0
+
+
+def svm_objective(W: torch.Tensor, x: torch.Tensor, t: torch.Tensor, C: float) -> torch.Tensor:
+    """liblinear's L2-regularised squared-hinge primal; W: (D+1, M) with the bias as the last row."""
+    scores = x @ W[:-1] + W[-1]
+    hinge = torch.clamp(1.0 - t * scores, min=0.0)
+    return 0.5 * (W * W).sum() + C * (hinge * hinge).sum()
+
+
+def fit_svm_torch(
+    x: torch.Tensor, y: np.ndarray, n_classes: int, C: float, *, max_iter: int = 500, tol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Full-batch L-BFGS on ``svm_objective``; returns (coef (M, D), intercept (M,), stats).
+
+    x: (N, D) float32 on the device to use."""
+    t = svm_targets(y, n_classes).to(x.device)
+    W = torch.zeros(x.shape[1] + 1, t.shape[1], device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([W], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = svm_objective(W, x, t, C)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final = float(svm_objective(W, x, t, C))
+    W = W.detach()
+    return W[:-1].t().contiguous(), W[-1].clone(), {"objective": final, "solver": "torch-lbfgs"}
+
+
+def fit_svm_sklearn(x: np.ndarray, y: np.ndarray, C: float, *, max_iter: int = 5000, seed: int = 0):
+    from sklearn.svm import LinearSVC
+
+    clf = LinearSVC(C=C, loss="squared_hinge", dual="auto", max_iter=max_iter, random_state=seed)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning is reported via n_iter_ in stats
+        clf.fit(x, y)
+    return (
+        torch.as_tensor(clf.coef_, dtype=torch.float32),
+        torch.as_tensor(clf.intercept_, dtype=torch.float32),
+        {"solver": "sklearn-liblinear", "n_iter": int(np.max(clf.n_iter_))},
+    )
+
+
+def svm_head(coef: torch.Tensor, intercept: torch.Tensor, n_classes: int) -> nn.Sequential:
+    """A Linear layer whose argmax is the SVM's prediction."""
+    head = build_head("svm", coef.shape[1], n_classes, [])
+    lin = head[1]
+    with torch.no_grad():
+        if n_classes == 2:  # decision d -> logits (0, d)
+            lin.weight.zero_()
+            lin.bias.zero_()
+            lin.weight[1] = coef[0]
+            lin.bias[1] = intercept[0]
+        else:
+            lin.weight.copy_(coef)
+            lin.bias.copy_(intercept)
+    return head
+
+
+def dense_features(feats: FrozenFeatures) -> torch.Tensor:
+    """All features as one float32 (N, D) tensor on the features' device."""
+    out = torch.empty(len(feats), int(np.prod(feats.shape)), device=feats.device)
+    for idx, x in feats.batches(np.arange(len(feats)), 1024):
+        out[torch.from_numpy(idx).to(feats.device)] = x.flatten(1)
+    return out
+
+
+def fit_svm(
+    feats: FrozenFeatures, y: np.ndarray, n_classes: int, cfg: ClassifierConfig, *, seed: int, budget: int,
+    val: FrozenFeatures | None = None, y_val: np.ndarray | None = None,
+) -> FitResult:
+    t0 = time.perf_counter()
+    dim = int(np.prod(feats.shape))
+    need = len(feats) * dim * 8  # liblinear works in float64
+    backend = cfg.svm_backend
+    if backend == "auto":
+        backend = "sklearn" if (need <= budget and feats.device.type == "cpu") else "torch"
+    x = dense_features(feats)
+    if backend == "sklearn":
+        coef, intercept, st = fit_svm_sklearn(x.cpu().numpy(), y, cfg.C, seed=seed)
+    else:
+        coef, intercept, st = fit_svm_torch(x, y, n_classes, cfg.C)
+    head = svm_head(coef.cpu(), intercept.cpu(), n_classes)
+    curve = []
+    if val is not None and y_val is not None and len(val):
+        curve = [(0, accuracy(head, val, y_val))]
+    stats = {**st, "backend": backend, "features": dim, "seconds": round(time.perf_counter() - t0, 3)}
+    return FitResult(head, curve, stats)
+
+
+# --------------------------------------------------------------------------- linear / fc with Adam
+
+
+def fit_adam(
+    feats: FrozenFeatures,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: ClassifierConfig,
+    *,
+    seed: int,
+    val: FrozenFeatures | None,
+    y_val: np.ndarray | None,
+    progress: Progress = no_progress,
+) -> FitResult:
+    """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.iterations steps."""
+    torch.manual_seed(seed)  # nn.Linear's init uses the global generator; seed it for reproducibility
+    dim = int(np.prod(feats.shape))
+    head = build_head(cfg.classifier, dim, n_classes, cfg.hidden).to(feats.device)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(seed)
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    curve: list[tuple[int, float]] = []
+    step, t0, loss_avg = 0, time.perf_counter(), None
+    while step < cfg.iterations:
+        for idx, x in feats.batches(rng.permutation(len(feats)), cfg.batch_size):
+            target = y_t[torch.from_numpy(idx)].to(feats.device)
+            loss = F.cross_entropy(head(x), target)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"classifier loss became {loss.item()} at iteration {step + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+            if step % cfg.eval_every == 0 or step == cfg.iterations:
+                if val is not None and y_val is not None and len(val):
+                    curve.append((step, accuracy(head, val, y_val)))
+            progress("classifier", step, cfg.iterations, loss=loss_avg, **({"val_acc": curve[-1][1]} if curve else {}))
+            if step >= cfg.iterations:
+                break
+    stats = {"iterations": step, "final_loss": loss_avg, "seconds": round(time.perf_counter() - t0, 3), "features": dim}
+    return FitResult(head.cpu(), curve, stats)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def predict(head: nn.Module, feats: FrozenFeatures, batch_size: int = 1024) -> np.ndarray:
+    head = head.to(feats.device).eval()
+    out = np.empty(len(feats), dtype=np.int64)
+    with torch.no_grad():
+        for idx, x in feats.batches(np.arange(len(feats)), batch_size):
+            out[idx] = head(x).argmax(dim=1).cpu().numpy()
+    return out
+
+
+def accuracy(head: nn.Module, feats: FrozenFeatures, y: np.ndarray) -> float:
+    was_training = head.training
+    acc = float((predict(head, feats) == np.asarray(y)).mean())
+    head.train(was_training)
+    return acc
+
+
+def head_spec(head: nn.Sequential) -> list[int]:
+    """Layer widths [D, h1, ..., L] of a head built by ``build_head``."""
+    lins = [m for m in head if isinstance(m, nn.Linear)]
+    return [lins[0].in_features] + [m.out_features for m in lins]
+
+
+def head_from_state(kind: str, dims: list[int], state: dict) -> nn.Sequential:
+    head = build_head(kind, dims[0], dims[-1], dims[1:-1])
+    try:
+        head.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        raise HgmError(f"classifier weights do not match its layer sizes {dims}: {str(e).splitlines()[0]}") from None
+    return head
+

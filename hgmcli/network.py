@@ -1,0 +1,287 @@
+"""The learned network: a preprocessing step, then a list of blocks
+
+    Conv(s x s, kernels = k-means centroids, frozen) -> ReLU(. + b) -> Pool -> Conv1x1 (k -> n)
+
+(§5.1 steps 2-4, §6 steps 3-6). Every module here is plain ``torch.nn`` and
+TorchScript-scriptable, so the whole thing exports as a vanilla CNN.
+
+Choices where the paper is not explicit (documented, configurable):
+
+* ``normalize_patches`` (default on): the clustering is w.r.t. cosine, so the
+  conv divides each response by the L2 norm of the input patch and computes
+  the cosine similarity of the patch to each centroid. ReLU(cos + b) with
+  b < 0 then keeps only the centroids the patch is close to — the "roughly
+  one-hot" map of §6 step 3. (Appendix C's biases, -0.14 to -0.63 for "Ours",
+  fit this scale.) ``center`` subtracts each patch's mean first, matching the
+  clustering when it was run with ``center``.
+* ``activation="onehot"`` is the theory's hard assignment φ (§5.1): each
+  patch maps to the one-hot vector of its nearest centroid.
+* The 1x1 conv has no bias: TLGD's K (§4.1) is a plain linear map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import artifacts
+from .errors import ArtifactError, HgmError
+
+
+class Preprocess(nn.Module):
+    """(x * scale - mean) / std per channel; x may be uint8."""
+
+    def __init__(self, scale: float, mean: list[float], std: list[float]):
+        super().__init__()
+        self.scale = float(scale)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * self.scale - self.mean) / self.std
+
+    def spec(self) -> dict:
+        return {"scale": self.scale, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+
+class ClusterConv(nn.Module):
+    """Conv with frozen centroid kernels, optional patch normalisation, then
+    ReLU(z + bias) or the one-hot of the best-matching centroid.
+
+    centroids: (k, C, s, s) float32. Output: (B, k, H', W')."""
+
+    def __init__(
+        self,
+        centroids: torch.Tensor,
+        *,
+        stride: int = 1,
+        bias: float = 0.0,
+        normalize: bool = True,
+        center: bool = False,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        if activation not in ("relu", "onehot"):
+            raise ValueError(f"activation must be relu or onehot, got {activation!r}")
+        self.register_buffer("weight", centroids.detach().float().contiguous())
+        self.register_buffer("weight_sum", self.weight.sum(dim=(1, 2, 3)).view(1, -1, 1, 1))
+        self.k = int(centroids.shape[0])
+        self.in_channels = int(centroids.shape[1])
+        self.size = int(centroids.shape[2])
+        self.stride = int(stride)
+        self.bias = float(bias)
+        self.normalize = bool(normalize)
+        self.center = bool(center)
+        self.activation = activation
+
+    def similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw responses <patch, centroid>, or cosines when ``normalize``."""
+        z = F.conv2d(x, self.weight, stride=self.stride)
+        if not (self.normalize or self.center):
+            return z
+        dim = float(self.in_channels * self.size * self.size)
+        ones = torch.ones(1, 1, self.size, self.size, dtype=x.dtype, device=x.device)
+        # Patch sums via a box filter over the channel-summed input: cheap next to the main conv.
+        sum1 = F.conv2d(x.sum(dim=1, keepdim=True), ones, stride=self.stride)
+        mean = sum1 / dim
+        if self.center:
+            z = z - mean * self.weight_sum
+        if self.normalize:
+            sum2 = F.conv2d((x * x).sum(dim=1, keepdim=True), ones, stride=self.stride)
+            if self.center:
+                sum2 = sum2 - dim * mean * mean
+            z = z / torch.sqrt(sum2.clamp_min(0.0) + 1e-12)
+        return z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.similarity(x)
+        if self.activation == "onehot":
+            idx = z.argmax(dim=1)
+            return F.one_hot(idx, self.k).permute(0, 3, 1, 2).to(z.dtype)
+        return F.relu(z + self.bias)
+
+
+def make_pool(kind: str, size: int) -> nn.Module:
+    if kind == "max":
+        return nn.MaxPool2d(size)
+    if kind == "avg":
+        return nn.AvgPool2d(size)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown pool {kind!r}")
+
+
+class Block(nn.Module):
+    """ClusterConv -> pool -> optional 1x1 conv (the embedding K)."""
+
+    def __init__(self, cluster: ClusterConv, pool: str = "none", pool_size: int = 2, proj: torch.Tensor | None = None):
+        super().__init__()
+        self.cluster = cluster
+        self.pool_kind = pool
+        self.pool_size = int(pool_size)
+        self.pool = make_pool(pool, pool_size)
+        if proj is None:
+            self.proj = nn.Identity()
+            self.out_channels = cluster.k
+        else:
+            conv = nn.Conv2d(cluster.k, proj.shape[0], kernel_size=1, bias=False)
+            with torch.no_grad():
+                conv.weight.copy_(proj.reshape(proj.shape[0], cluster.k, 1, 1))
+            self.proj = conv
+            self.out_channels = int(proj.shape[0])
+
+    def frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the 1x1 conv (what train-layer caches)."""
+        return self.pool(self.cluster(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.frozen(x))
+
+    def proj_weight(self) -> torch.Tensor | None:
+        return self.proj.weight.detach().reshape(self.proj.weight.shape[0], -1) if isinstance(self.proj, nn.Conv2d) else None
+
+
+class Network(nn.Module):
+    """Preprocess followed by the trained blocks (possibly none)."""
+
+    def __init__(self, preprocess: Preprocess, blocks: list[Block], input_shape: list[int]):
+        super().__init__()
+        self.preprocess = preprocess
+        self.blocks = nn.ModuleList(blocks)
+        self.input_shape = [int(v) for v in input_shape]  # (C, H, W) the network expects
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def output_shape(self, upto: int | None = None) -> list[int]:
+        """(C, H, W) after the first ``upto`` blocks (all by default)."""
+        with torch.no_grad():
+            x = torch.zeros(1, *self.input_shape)
+            x = self.preprocess(x)
+            for block in list(self.blocks)[: len(self.blocks) if upto is None else upto]:
+                x = block(x)
+        return list(x.shape[1:])
+
+    def to_sequential(self) -> nn.Sequential:
+        """The plain CNN: Preprocess, then for each block ClusterConv, pool, 1x1 conv."""
+        mods: list[nn.Module] = [self.preprocess]
+        for b in self.blocks:
+            mods += [b.cluster, b.pool, b.proj]
+        return nn.Sequential(*mods)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_batches(
+    fn, images: np.ndarray, batch_size: int, device: torch.device, out_dtype: torch.dtype | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (start, fn(batch on device)) over ``images`` in order, under no_grad."""
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            if device.type == "cuda":
+                batch = batch.pin_memory().to(device, non_blocking=True)
+            out = fn(batch)
+            yield start, out if out_dtype is None else out.to(out_dtype)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def block_spec(b: Block, extra: dict | None = None) -> dict:
+    c = b.cluster
+    spec: dict[str, Any] = {
+        "centroids": c.weight.cpu().clone(),
+        "proj": None if b.proj_weight() is None else b.proj_weight().cpu().clone(),
+        "stride": c.stride,
+        "bias": c.bias,
+        "normalize": c.normalize,
+        "center": c.center,
+        "activation": c.activation,
+        "pool": b.pool_kind,
+        "pool_size": b.pool_size,
+    }
+    spec.update(extra or {})
+    return spec
+
+
+def block_from_spec(spec: dict) -> Block:
+    cluster = ClusterConv(
+        spec["centroids"],
+        stride=spec["stride"],
+        bias=spec["bias"],
+        normalize=spec["normalize"],
+        center=spec["center"],
+        activation=spec["activation"],
+    )
+    return Block(cluster, spec["pool"], spec["pool_size"], spec["proj"])
+
+
+def save_network(path: str | Path, net: Network, meta: dict, block_info: list[dict]) -> Path:
+    """``block_info``: per block JSON-able facts (mode, n, stats) kept in meta."""
+    payload = {
+        "preprocess": {k: v for k, v in net.preprocess.spec().items()},
+        "input_shape": list(net.input_shape),
+        "blocks": [block_spec(b) for b in net.blocks],
+    }
+    meta = dict(meta)
+    meta["blocks"] = block_info
+    return artifacts.save_pt(path, payload, meta)
+
+
+def load_network(path: str | Path) -> tuple[Network, dict]:
+    payload, meta = artifacts.load_pt(path, "network")
+    try:
+        pre = payload["preprocess"]
+        net = Network(
+            Preprocess(pre["scale"], pre["mean"], pre["std"]),
+            [block_from_spec(s) for s in payload["blocks"]],
+            payload["input_shape"],
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path} is not a valid network file ({type(e).__name__}: {e})") from None
+    return net, meta
+
+
+def empty_network(norm: dict, input_shape: list[int]) -> Network:
+    return Network(Preprocess(norm["scale"], norm["mean"], norm["std"]), [], input_shape)
+
+
+def check_centroids_fit(net: Network, centroids: np.ndarray, path: str | Path) -> None:
+    c_out = net.output_shape()[0]
+    if centroids.ndim != 4 or centroids.shape[1] != c_out:
+        raise HgmError(
+            f"{path}: centroids have {centroids.shape[1] if centroids.ndim == 4 else '?'} channels "
+            f"but the network outputs {c_out}; cluster the output of this network (--model)"
+        )
+
+
+def uniform_sphere_rows(rows: int, dim: int, radius: float, gen: torch.Generator) -> torch.Tensor:
+    """``rows`` vectors uniform on the sphere of ``radius`` in R^dim."""
+    v = torch.randn(rows, dim, generator=gen)
+    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12) * radius
+
+
+__all__ = [
+    "Block",
+    "ClusterConv",
+    "Network",
+    "Preprocess",
+    "block_from_spec",
+    "empty_network",
+    "load_network",
+    "run_batches",
+    "save_network",
+    "uniform_sphere_rows",
+]
+
