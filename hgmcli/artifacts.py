@@ -54,8 +54,12 @@ def ensure_writable(path: str | os.PathLike) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArtifactError(f"cannot write {p}: {e.strerror or e}") from None
-    if not os.access(p.parent, os.W_OK):
-        raise ArtifactError(f"cannot write {p}: folder {p.parent} is not writable")
+    try:  # a real probe: os.access says yes to root even on read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {p}: {e.strerror or e}") from None
     return p
 
 
@@ -102,7 +106,8 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: di
             for name, a in items:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
                 with zf.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
+                    a = np.asarray(a)  # np.ascontiguousarray would turn the 0-d meta into shape (1,)
+                    np.lib.format.write_array(f, a if a.flags.c_contiguous else a.copy(order="C"), allow_pickle=False)
 
     return write_file(path, write)
 
@@ -175,7 +180,9 @@ def load_npz(
         if require_meta:
             raise ArtifactError(f"{p} is not an hgm artifact (no metadata)")
         return arrays, {}
-    return arrays, _check_meta(p, str(meta_arr), kind)
+    if meta_arr.size != 1 or meta_arr.dtype.kind != "U":
+        raise ArtifactError(f"{p} is not an hgm artifact (malformed metadata)")
+    return arrays, _check_meta(p, str(meta_arr.reshape(-1)[0]), kind)
 
 
 def load_pt(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict]:
