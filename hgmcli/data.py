@@ -307,7 +307,9 @@ def _read_npz_part(path: Path, part: str) -> _Part:
     if len(y) != len(x):
         raise DataError(f"{path}: '{yk}' has {len(y)} labels but '{xk}' has {len(x)} images")
 
-    names = meta.get("label_names")
+    # hgm generate records them in the model's params; a foreign .npz gets "0", "1", ...
+    model = meta.get("model")
+    names = meta.get("label_names") or (model.get("label_names") if isinstance(model, dict) else None)
     if not names:
         top = max(int(arrays[k].max()) for k in ("y_train", "y_test") if k in arrays and arrays[k].size)
         names = [str(i) for i in range(top + 1)]

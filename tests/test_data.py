@@ -48,7 +48,7 @@ def write_synthetic(path: Path, n_train=20, n_test=10) -> dict:
         "model_patches_1": rng.normal(size=(8, 4)),
     }
     meta = artifacts.make_meta(
-        "dataset", "generate", {"depth": 2}, model={"depth": 2, "patch_size": 2}, label_names=["minus", "plus"]
+        "dataset", "generate", {"depth": 2}, model={"depth": 2, "patch_size": 2, "label_names": ["minus", "plus"]}
     )
     artifacts.save_npz(path, arrays, meta)
     return arrays
