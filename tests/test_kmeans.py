@@ -1,0 +1,296 @@
+"""Cosine k-means with k-means++ seeding (hgmcli/kmeans.py): the paper's
+KMEANS(S, k) — exact recovery of distinct patches (Lemma 7), backend
+agreement, determinism, bounded-memory chunking, empty clusters, errors, and
+the multi-process (gloo) run equal to the single-process one."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from hgmcli import kmeans
+from hgmcli.errors import ConfigError, DataError, HgmError
+from hgmcli.kmeans import assign, kmeanspp_init, normalize_rows, pick_backend, shard_for_rank, spherical_kmeans
+
+HAS_FAISS = "faiss" in kmeans.available_backends()
+needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss is not installed (pip install faiss-cpu)")
+BACKENDS = ["torch", pytest.param("faiss", marks=[pytest.mark.faiss, needs_faiss])]
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    return normalize_rows(rng.standard_normal((n, d)).astype(np.float32))
+
+
+def repeated(rng, distinct: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``distinct`` repeated low..high times, shuffled: (x, true ids)."""
+    ids = np.repeat(np.arange(len(distinct)), rng.integers(low, high + 1, len(distinct)))
+    ids = rng.permutation(ids)
+    return distinct[ids], ids
+
+
+def blobs(rng, centers: int, n: int, d: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    c = unit(rng, centers, d)
+    ids = rng.integers(0, centers, n)
+    return normalize_rows(c[ids] + spread * rng.standard_normal((n, d)).astype(np.float32)), ids
+
+
+def is_bijection(labels: np.ndarray, ids: np.ndarray) -> bool:
+    pairs = set(zip(ids.tolist(), labels.tolist()))
+    return len(pairs) == len(set(ids.tolist())) == len(set(labels.tolist()))
+
+
+# ---------------------------------------------------------------- the paper's guarantees
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_recovery_one_cluster_per_distinct_patch(backend):
+    rng = np.random.default_rng(0)
+    x, ids = repeated(rng, unit(rng, 40, 16), 5, 20)
+    result = spherical_kmeans(x, 40, backend=backend, device="cpu", seed=1)
+    labels, sims = assign(x, result.centroids, device="cpu")
+    assert is_bijection(labels, ids)
+    assert np.allclose(sims, 1.0, atol=1e-5)
+    assert result.objective[-1] == pytest.approx(0.0, abs=1e-6)
+    assert sorted(result.sizes.tolist()) == sorted(np.bincount(ids).tolist())
+    assert np.allclose(np.linalg.norm(result.centroids, axis=1), 1.0, atol=1e-6)
+
+
+def test_kmeanspp_never_picks_a_point_or_a_duplicate_twice():
+    rng = np.random.default_rng(1)
+    distinct = unit(rng, 30, 8)
+    idx = kmeanspp_init(torch.from_numpy(distinct), 30, torch.Generator().manual_seed(0))
+    assert sorted(idx.tolist()) == list(range(30))  # |S| clusters of |S| points: one center each
+    x, ids = repeated(rng, distinct, 3, 9)
+    for seed in range(5):
+        idx = kmeanspp_init(torch.from_numpy(x), 30, torch.Generator().manual_seed(seed), chunk_size=17)
+        assert sorted(ids[idx.numpy()].tolist()) == list(range(30))
+
+
+def test_kmeanspp_falls_back_to_uniform_when_fewer_distinct_points_than_k():
+    rng = np.random.default_rng(2)
+    x, ids = repeated(rng, unit(rng, 5, 8), 4, 4)  # 20 points, 5 distinct
+    idx = kmeanspp_init(torch.from_numpy(x), 12, torch.Generator().manual_seed(0))
+    assert len(set(idx.tolist())) == 12  # never the same point twice
+    assert set(ids[idx[:5].numpy()].tolist()) == set(range(5))  # the distinct ones first
+
+
+def test_kmeanspp_seeding_beats_random_seeding_on_separated_blobs():
+    rng = np.random.default_rng(3)
+    x, _ = blobs(rng, 50, 5000, 16, 0.02)
+    for iterations in (0, 1):
+        pp = [spherical_kmeans(x, 50, iterations=iterations, seed=s, backend="torch").objective[-1] for s in range(4)]
+        rnd = [
+            spherical_kmeans(x, 50, iterations=iterations, init="random", seed=s, backend="torch").objective[-1]
+            for s in range(4)
+        ]
+        assert np.mean(pp) < 0.5 * np.mean(rnd), (iterations, pp, rnd)
+
+
+# ---------------------------------------------------------------- backends and numerics
+
+
+@pytest.mark.faiss
+@needs_faiss
+def test_faiss_and_torch_reach_the_same_objective():
+    rng = np.random.default_rng(4)
+    x, _ = blobs(rng, 100, 20000, 27, 0.3)
+    t = spherical_kmeans(x, 64, iterations=10, backend="torch", seed=0)
+    f = spherical_kmeans(x, 64, iterations=10, backend="faiss", seed=0)
+    assert t.objective[0] == pytest.approx(f.objective[0], rel=1e-5)  # same seeds
+    assert f.objective[-1] == pytest.approx(t.objective[-1], rel=0.01)
+    assert len(f.objective) == 11 and f.stats["subsampled_to"] is None
+    assert f.sizes.sum() == t.sizes.sum() == 20000
+
+
+@pytest.mark.faiss
+@needs_faiss
+def test_faiss_backend_prints_nothing(capfd):
+    x = unit(np.random.default_rng(5), 300, 8)  # far fewer than FAISS's 39 points per centroid
+    spherical_kmeans(x, 50, iterations=3, backend="faiss")
+    assert capfd.readouterr() == ("", "")
+
+
+def test_objective_is_non_increasing_and_starts_after_seeding():
+    rng = np.random.default_rng(6)
+    x, _ = blobs(rng, 30, 6000, 12, 0.4)
+    r = spherical_kmeans(x, 32, iterations=15, backend="torch")
+    seeds = x[kmeanspp_init(torch.from_numpy(x), 32, torch.Generator().manual_seed(0)).numpy()]
+    assert r.objective[0] == pytest.approx(1 - assign(x, seeds)[1].mean(dtype=np.float64), abs=1e-6)
+    assert all(b <= a + 1e-7 for a, b in zip(r.objective, r.objective[1:]))
+    assert len(r.objective) == r.stats["iterations"] + 1
+    assert r.objective[-1] == pytest.approx(1 - assign(x, r.centroids)[1].mean(dtype=np.float64), abs=1e-6)
+    assert r.sizes.tolist() == np.bincount(assign(x, r.centroids)[0], minlength=32).tolist()
+
+
+def test_same_seed_same_centroids_other_seed_other_centroids():
+    x, _ = blobs(np.random.default_rng(7), 20, 3000, 10, 0.5)
+    a = spherical_kmeans(x, 16, seed=3, backend="torch", device="cpu")
+    b = spherical_kmeans(x, 16, seed=3, backend="torch", device="cpu")
+    c = spherical_kmeans(x, 16, seed=4, backend="torch", device="cpu")
+    assert np.array_equal(a.centroids, b.centroids) and a.objective == b.objective
+    assert not np.array_equal(a.centroids, c.centroids)
+
+
+def test_chunk_size_does_not_change_the_result():
+    x, _ = blobs(np.random.default_rng(8), 20, 500, 10, 0.5)
+    a = spherical_kmeans(x, 16, iterations=8, backend="torch")
+    b = spherical_kmeans(x, 16, iterations=8, backend="torch", chunk_size=7)
+    assert np.allclose(a.centroids, b.centroids, atol=1e-6)
+    assert a.sizes.tolist() == b.sizes.tolist()
+    assert b.stats["chunk_size"] == 7
+
+
+def test_empty_clusters_are_reseeded_and_none_is_left_empty():
+    rng = np.random.default_rng(9)
+    # 40 distinct points, 10 of them repeated 100 times: random seeds hit the same
+    # point several times, and the copies of a seed leave all but one empty.
+    distinct = unit(rng, 40, 8)
+    x = rng.permutation(np.concatenate([np.repeat(distinct[:10], 100, axis=0), distinct[10:]]))
+    r = spherical_kmeans(x, 40, init="random", iterations=5, backend="torch", seed=0)
+    assert r.stats["empty_reseeded"] > 0
+    assert (r.sizes > 0).all()
+    assert r.objective[-1] == pytest.approx(0.0, abs=1e-6)  # one cluster per distinct point
+
+
+def test_zero_rows_are_never_seeds():
+    rng = np.random.default_rng(10)
+    x = np.concatenate([unit(rng, 50, 6), np.zeros((50, 6), np.float32)])
+    idx = kmeanspp_init(torch.from_numpy(x), 50, torch.Generator().manual_seed(0))
+    assert (idx < 50).all()
+    r = spherical_kmeans(x, 50, backend="torch")
+    assert np.allclose(np.linalg.norm(r.centroids, axis=1), 1.0, atol=1e-6)
+
+
+def test_subsampling_is_seeded_and_recorded():
+    x, _ = blobs(np.random.default_rng(11), 10, 5000, 8, 0.3)
+    r = spherical_kmeans(x, 10, max_points_per_centroid=100, backend="torch")
+    assert r.stats["subsampled_to"] == 1000 and r.stats["n"] == 5000
+    assert r.sizes.sum() == 1000
+    assert spherical_kmeans(x, 10, max_points_per_centroid=1000, backend="torch").stats["subsampled_to"] is None
+
+
+def test_progress_reports_seeding_and_iterations():
+    calls = []
+    x, _ = blobs(np.random.default_rng(12), 10, 2000, 8, 0.3)
+    spherical_kmeans(x, 300, iterations=2, backend="torch", progress=lambda *a, **f: calls.append((a, f)))
+    seeding = [a for a, _ in calls if a[0] == "k-means++"]
+    assert seeding[-1] == ("k-means++", 300, 300) and len(seeding) == 100  # every 1%, not every step
+    lloyd = [(a, f) for a, f in calls if a[0] == "k-means"]
+    assert [a for a, _ in lloyd] == [("k-means", i, 2) for i in range(3)] and "objective" in lloyd[0][1]
+
+
+def test_normalize_rows():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 3.0]], np.float32)
+    assert np.allclose(normalize_rows(x), [[0.6, 0.8], [0, 0], [1 / 10**0.5, 3 / 10**0.5]])
+    assert np.allclose(normalize_rows(x, center=True), [[-(0.5**0.5), 0.5**0.5], [0, 0], [-(0.5**0.5), 0.5**0.5]])
+    assert torch.allclose(normalize_rows(torch.from_numpy(x)), torch.from_numpy(normalize_rows(x)))
+    assert normalize_rows(x.astype(np.float64)).dtype == np.float32
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "x, k, kwargs, error, message",
+    [
+        (np.ones((5, 3), np.float32), 6, {}, DataError, "k=6 is larger than the number of patches (5)"),
+        (np.zeros((0, 3), np.float32), 1, {}, DataError, "no patches to cluster (N = 0)"),
+        (np.ones((5, 3), np.float32), 0, {}, ConfigError, "k must be at least 1, got 0"),
+        (np.ones(5, np.float32), 1, {}, DataError, "patches must be a 2-D array (N, d), got shape (5,)"),
+        (
+            np.ones((5, 3), np.float32),
+            2,
+            {"backend": "sklearn"},
+            HgmError,
+            "unknown k-means backend 'sklearn'; expected auto, faiss or torch",
+        ),
+        (
+            np.ones((5, 3), np.float32),
+            2,
+            {"init": "greedy"},
+            ConfigError,
+            "unknown k-means init 'greedy'; expected kmeans++ or random",
+        ),
+    ],
+)
+def test_errors(x, k, kwargs, error, message):
+    with pytest.raises(error) as e:
+        spherical_kmeans(x, k, **kwargs)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_patches_are_refused(bad):
+    x = np.ones((10, 3), np.float32)
+    x[4, 1] = bad
+    with pytest.raises(DataError, match=r"^patches contain NaN or inf values$"):
+        spherical_kmeans(x, 2)
+
+
+def test_faiss_requested_but_absent(monkeypatch):
+    monkeypatch.setattr(kmeans, "available_backends", lambda: ["torch"])
+    with pytest.raises(HgmError) as e:
+        spherical_kmeans(np.eye(4, dtype=np.float32), 2, backend="faiss")
+    assert str(e.value) == (
+        "k-means backend 'faiss' is not installed: pip install faiss-cpu (or a faiss-gpu build), or use backend 'torch'"
+    )
+    assert pick_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_pick_backend_auto():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_backend("auto", cpu) == ("faiss" if HAS_FAISS else "torch")
+    assert pick_backend("auto", cuda) == ("faiss" if kmeans.faiss_has_gpu() else "torch")
+    assert pick_backend("torch", cuda) == "torch"
+
+
+def test_assign_refuses_mismatched_dimensions():
+    with pytest.raises(DataError, match=r"^cannot assign points of shape \(4, 3\) to centroids of shape \(2, 5\)$"):
+        assign(np.ones((4, 3), np.float32), np.ones((2, 5), np.float32))
+
+
+# ---------------------------------------------------------------- torch.distributed
+
+
+def _distributed_worker(rank: int, world: int, port: int, x: np.ndarray, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        shard = x[shard_for_rank(len(x))]
+        runs = {
+            "pp": spherical_kmeans(shard, 10, iterations=10, seed=5, device="cpu"),
+            "random": spherical_kmeans(shard, 10, iterations=10, seed=5, init="random", device="cpu"),
+            "sub": spherical_kmeans(shard, 10, iterations=10, seed=5, max_points_per_centroid=150, device="cpu"),
+        }
+        if rank == 0:
+            arrays = {f"{name}_{key}": np.asarray(getattr(r, key)) for name, r in runs.items() for key in ("centroids", "sizes", "objective")}
+            arrays.update({f"{name}_backend": np.array(r.stats["backend"]) for name, r in runs.items()})
+            np.savez(out, **arrays)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~6 s on 2 cores, most of it two fresh interpreters importing torch
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    x, _ = blobs(np.random.default_rng(13), 12, 2000, 8, 0.4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank0.npz")
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, x, out), nprocs=2, join=True)
+    got = np.load(out)
+    for name, kwargs in [("pp", {}), ("random", {"init": "random"}), ("sub", {"max_points_per_centroid": 150})]:
+        one = spherical_kmeans(x, 10, iterations=10, seed=5, backend="torch", device="cpu", **kwargs)
+        assert str(got[f"{name}_backend"]) == "torch"
+        np.testing.assert_allclose(got[f"{name}_centroids"], one.centroids, atol=1e-6)
+        assert got[f"{name}_sizes"].tolist() == one.sizes.tolist()
+        np.testing.assert_allclose(got[f"{name}_objective"], one.objective, atol=1e-9)
+
+
+def test_shard_for_rank_single_process_is_everything():
+    assert shard_for_rank(17) == slice(0, 17)
