@@ -125,6 +125,13 @@ def resolve_root(root: str | os.PathLike | None, *, must_exist: bool = True) -> 
     return p
 
 
+def data_path(cfg: DataConfig) -> Path:
+    """The file or folder that holds the data — what stages hash as their input
+    (``Dataset.path`` of every split)."""
+    path = resolve_root(cfg.root, must_exist=not cfg.download)
+    return _detect(path, False, "train")[1] if path.exists() else path
+
+
 def load_dataset(
     cfg: DataConfig, split: str = "train", *, seed: int = 0, progress: Progress | None = None
 ) -> Dataset:

@@ -204,7 +204,7 @@ def cluster(
     from .patches import sample_patches
 
     record = _stage_config(data=data_cfg, cluster=cfg)
-    if reuse and (hit := reuse_existing(out, "cluster", record, seed, {"data": data.resolve_root(data_cfg.root), "model": model})):
+    if reuse and (hit := reuse_existing(out, "cluster", record, seed, {"data": data.data_path(data_cfg), "model": model})):
         return hit
     artifacts.ensure_writable(out)
     dev = resolve_device(device)
@@ -314,7 +314,7 @@ def train_layer(
     from .network import Block, ClusterConv, check_centroids_fit, save_network
 
     record = _stage_config(data=data_cfg, train=cfg)
-    inputs = {"data": data.resolve_root(data_cfg.root), "centroids": centroids, "model": model}
+    inputs = {"data": data.data_path(data_cfg), "centroids": centroids, "model": model}
     if reuse and (hit := reuse_existing(out, "train-layer", record, seed, inputs)):
         return hit
     artifacts.ensure_writable(out)
@@ -437,7 +437,7 @@ def fit_svm(
     from .device import resolve_device
 
     record = _stage_config(data=data_cfg, classifier=cfg)
-    if reuse and (hit := reuse_existing(out, "fit-svm", record, seed, {"data": data.resolve_root(data_cfg.root), "model": model})):
+    if reuse and (hit := reuse_existing(out, "fit-svm", record, seed, {"data": data.data_path(data_cfg), "model": model})):
         return hit
     artifacts.ensure_writable(out)
     dev = resolve_device(device)
