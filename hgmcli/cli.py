@@ -476,8 +476,10 @@ def _print_per_class(metrics: dict) -> None:
 
 @command("export")
 def export_cmd(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Network .pt.")],
     classifier: Annotated[Path, typer.Option("--classifier", help="Classifier .pt trained on that network.")],
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Network .pt [default: the one a baseline carries].")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output TorchScript file.")] = Path("model.pt"),
     json_out: JsonOpt = False,
 ) -> None:

@@ -48,10 +48,11 @@ def block_outputs(net: Network, images: np.ndarray, device: torch.device, batch_
         for start in range(0, len(images), batch_size):
             x = net.preprocess(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device))
             for j, block in enumerate(net.blocks):
-                assigns[j].append(block.cluster.similarity(x).argmax(dim=1).cpu().numpy())
+                if hasattr(block, "cluster"):  # learned conv blocks (baselines) assign nothing
+                    assigns[j].append(block.cluster.similarity(x).argmax(dim=1).cpu().numpy())
                 x = block(x)
                 outs[j].append(x.float().cpu().numpy())
-    return [(np.concatenate(a), np.concatenate(o)) for a, o in zip(assigns, outs)]
+    return [(np.concatenate(a) if a else None, np.concatenate(o)) for a, o in zip(assigns, outs)]
 
 
 def _unique_embeddings(emb: np.ndarray, labels: np.ndarray, rng: np.random.Generator, cap: int = 4000):
@@ -94,7 +95,7 @@ def latent_recovery(
             break
         entry: dict = {"level": level, "block": j + 1, "ari": None, "ari_class": None}
         patch_ids = latents.get(f"patch_{level + 1}")
-        if patch_ids is not None and patch_ids.shape == assign.shape:
+        if assign is not None and patch_ids is not None and patch_ids.shape == assign.shape:
             entry["ari"] = float(adjusted_rand_score(patch_ids.ravel(), assign.ravel()))
         classes = latents.get(f"latent_{level}")
         block = net.blocks[j]

@@ -147,6 +147,25 @@ class Block(nn.Module):
         return self.proj.weight.detach().reshape(self.proj.weight.shape[0], -1) if isinstance(self.proj, nn.Conv2d) else None
 
 
+class ConvBlock(nn.Module):
+    """A learned Conv(k x k, "same" padding) -> ReLU -> MaxPool(pool_size, pool_stride):
+    the blocks of the baselines (the TensorFlow CIFAR-10 tutorial CNN of §6)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, pool_size: int = 3, pool_stride: int = 2):
+        super().__init__()
+        out_c, in_c, k, _ = weight.shape
+        self.conv = nn.Conv2d(in_c, out_c, k, padding=k // 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            self.conv.bias.copy_(bias)
+        self.pool_size, self.pool_stride = int(pool_size), int(pool_stride)
+        self.pool = nn.MaxPool2d(pool_size, pool_stride, padding=pool_size // 2)
+        self.out_channels = int(out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.relu(self.conv(x)))
+
+
 class Network(nn.Module):
     """Preprocess followed by the trained blocks (possibly none)."""
 
@@ -175,7 +194,7 @@ class Network(nn.Module):
         """The plain CNN: Preprocess, then for each block ClusterConv, pool, 1x1 conv."""
         mods: list[nn.Module] = [self.preprocess]
         for b in self.blocks:
-            mods += [b.cluster, b.pool, b.proj]
+            mods += [b.cluster, b.pool, b.proj] if isinstance(b, Block) else [b.conv, nn.ReLU(), b.pool]
         return nn.Sequential(*mods)
 
 
@@ -198,9 +217,18 @@ def run_batches(
 # --------------------------------------------------------------------------- save / load
 
 
-def block_spec(b: Block, extra: dict | None = None) -> dict:
+def block_spec(b: nn.Module, extra: dict | None = None) -> dict:
+    if isinstance(b, ConvBlock):
+        return {
+            "kind": "conv",
+            "weight": b.conv.weight.detach().cpu().clone(),
+            "bias": b.conv.bias.detach().cpu().clone(),
+            "pool_size": b.pool_size,
+            "pool_stride": b.pool_stride,
+        }
     c = b.cluster
     spec: dict[str, Any] = {
+        "kind": "cluster",
         "centroids": c.weight.cpu().clone(),
         "proj": None if b.proj_weight() is None else b.proj_weight().cpu().clone(),
         "stride": c.stride,
@@ -215,7 +243,9 @@ def block_spec(b: Block, extra: dict | None = None) -> dict:
     return spec
 
 
-def block_from_spec(spec: dict) -> Block:
+def block_from_spec(spec: dict) -> nn.Module:
+    if spec.get("kind", "cluster") == "conv":
+        return ConvBlock(spec["weight"], spec["bias"], spec["pool_size"], spec["pool_stride"])
     cluster = ClusterConv(
         spec["centroids"],
         stride=spec["stride"],
@@ -227,30 +257,37 @@ def block_from_spec(spec: dict) -> Block:
     return Block(cluster, spec["pool"], spec["pool_size"], spec["proj"])
 
 
-def save_network(path: str | Path, net: Network, meta: dict, block_info: list[dict]) -> Path:
-    """``block_info``: per block JSON-able facts (mode, n, stats) kept in meta."""
-    payload = {
-        "preprocess": {k: v for k, v in net.preprocess.spec().items()},
+def network_payload(net: Network) -> dict:
+    """Tensors + plain values that rebuild ``net`` (``weights_only``-loadable)."""
+    return {
+        "preprocess": net.preprocess.spec(),
         "input_shape": list(net.input_shape),
         "blocks": [block_spec(b) for b in net.blocks],
     }
-    meta = dict(meta)
-    meta["blocks"] = block_info
-    return artifacts.save_pt(path, payload, meta)
 
 
-def load_network(path: str | Path) -> tuple[Network, dict]:
-    payload, meta = artifacts.load_pt(path, "network")
+def network_from_payload(payload: dict, path: str | Path = "network") -> Network:
     try:
         pre = payload["preprocess"]
-        net = Network(
+        return Network(
             Preprocess(pre["scale"], pre["mean"], pre["std"]),
             [block_from_spec(s) for s in payload["blocks"]],
             payload["input_shape"],
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{path} is not a valid network file ({type(e).__name__}: {e})") from None
-    return net, meta
+
+
+def save_network(path: str | Path, net: Network, meta: dict, block_info: list[dict]) -> Path:
+    """``block_info``: per block JSON-able facts (mode, n, stats) kept in meta."""
+    meta = dict(meta)
+    meta["blocks"] = block_info
+    return artifacts.save_pt(path, network_payload(net), meta)
+
+
+def load_network(path: str | Path) -> tuple[Network, dict]:
+    payload, meta = artifacts.load_pt(path, "network")
+    return network_from_payload(payload, path), meta
 
 
 def empty_network(norm: dict, input_shape: list[int]) -> Network:
@@ -275,6 +312,7 @@ def uniform_sphere_rows(rows: int, dim: int, radius: float, gen: torch.Generator
 __all__ = [
     "Block",
     "ClusterConv",
+    "ConvBlock",
     "Network",
     "Preprocess",
     "block_from_spec",

@@ -497,6 +497,26 @@ def load_classifier(path: str | Path):
     return head, payload, meta
 
 
+def _classifier_network(payload: dict, classifier, model, ds, data_cfg, seed: int):
+    """The network a classifier runs on: --model, the one the classifier carries
+    (baselines are trained end to end and carry theirs), or raw pixels."""
+    from . import data
+    from .errors import DataError
+    from .network import network_from_payload
+
+    if model is None and "network" in payload:
+        net = network_from_payload(payload["network"], classifier)
+        if list(ds.images.shape[1:]) != list(net.input_shape):
+            raise DataError(
+                f"{classifier} expects images of shape {tuple(net.input_shape)}, the data has {tuple(ds.images.shape[1:])}"
+            )
+        return net
+    norm = None
+    if model is None:
+        norm = data.normalization(data_cfg, data.load_dataset(data_cfg, "train", seed=seed))
+    return _load_network_or_empty(model, norm, ds)[0]
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -524,11 +544,7 @@ def evaluate(
     t0 = time.perf_counter()
     head, payload, _ = load_classifier(classifier)
     ds = data.load_dataset(data_cfg, cfg.split, seed=seed)
-    norm = None
-    if model is None:
-        train_ds = data.load_dataset(data_cfg, "train", seed=seed)
-        norm = data.normalization(data_cfg, train_ds)
-    net, _ = _load_network_or_empty(model, norm, ds)
+    net = _classifier_network(payload, classifier, model, ds, data_cfg, seed)
     if list(net.output_shape()) != list(payload["input_shape"]):
         raise HgmError(
             f"{classifier} was trained on features of shape {'x'.join(map(str, payload['input_shape']))} "
@@ -579,13 +595,16 @@ def export(*, model: str | Path | None, classifier: str | Path, out: str | Path)
     import torch
 
     from .errors import HgmError
-    from .network import load_network
+    from .network import load_network, network_from_payload
 
     artifacts.ensure_writable(out)
     head, payload, cmeta = load_classifier(classifier)
-    if model is None:
+    if model is not None:
+        net, nmeta = load_network(model)
+    elif "network" in payload:
+        net, nmeta = network_from_payload(payload["network"], classifier), cmeta
+    else:
         raise HgmError("--model is required: export needs the network the classifier was trained on")
-    net, nmeta = load_network(model)
     if list(net.output_shape()) != list(payload["input_shape"]):
         raise HgmError(
             f"{classifier} expects features of shape {payload['input_shape']} but {model} produces {net.output_shape()}"
