@@ -88,6 +88,10 @@ def run_pipeline(
     """Run (or resume) Algorithm 1 into ``run_dir``; return (final metrics, per-stage records)."""
     from .artifacts import ensure_writable, save_json, to_jsonable, write_file
 
+    from . import data
+
+    if cfg.generate is None:
+        data.data_path(cfg.data)  # fail now, not after the run folder is made: no data / not found
     run = Path(run_dir)
     ensure_writable(run / "config.yaml")
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
