@@ -27,8 +27,8 @@ distance 1 − ⟨x, c_assigned⟩ over all points, entry i after i updates):
 - ``faiss`` (CPU, or GPU with a faiss-gpu build): ``faiss.Kmeans(spherical=True)``
   started from our seeds, never subsampling behind our back.
 
-Measured on this 2-core CPU (benchmarks/kmeans.py, CIFAR-10 3×3×3 patches,
-N = 200,000, k = 256, 10 iterations): see that script's docstring.
+Speed and quality against scikit-learn, side by side on CIFAR-10 patches:
+``benchmarks/kmeans.py`` (its docstring has the measured tables).
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ DUPLICATE_D2 = 1e-5
 
 # Largest temporary of a Lloyd chunk, in 4-byte floats (~256 MB).
 _CHUNK_FLOATS = 1 << 26
+# Points per k-means++ chunk: its D² (4 MB) stays in cache between the
+# matrix-vector product and the running-min/sum updates.
+_SEED_CHUNK = 1 << 20
 
 INITS = ("kmeans++", "random")
 BACKENDS = ("auto", "faiss", "torch")
@@ -194,47 +197,63 @@ def _gather_rows(x: torch.Tensor, offset: int, n: int, idx: torch.Tensor, comm: 
 # ---------------------------------------------------------------- seeding
 
 
-def _sample(weights_cum: torch.Tensor, target: float) -> int:
-    """Index i of the first cumulative weight > target (so weight[i] > 0)."""
-    i = int(torch.searchsorted(weights_cum, torch.tensor([target], dtype=torch.float64, device=weights_cum.device), right=True))
-    if i >= len(weights_cum):  # target rounded up to the total: the last positive weight
-        diffs = torch.diff(weights_cum, prepend=weights_cum.new_zeros(1))
-        i = int(torch.nonzero(diffs > 0)[-1])
-    return i
+def _chunk_totals(w: torch.Tensor, chunk: int) -> torch.Tensor:
+    """float64 sum of each chunk of w: (ceil(n / chunk),)."""
+    return torch.stack([c.sum(dtype=torch.float64) for c in w.split(chunk)]) if len(w) else w.new_zeros(0, dtype=torch.float64)
 
 
-def _draw(weights: torch.Tensor, generator: torch.Generator, comm: _Comm) -> tuple[int, int] | None:
-    """Choose one point with probability ∝ weights across all ranks.
+def _locate(totals: list[float], target: float) -> tuple[int, float]:
+    """First position j with totals[j] > 0 whose cumulative range holds target
+    (the last positive one if rounding pushed target past the end), and target
+    minus the weight before j."""
+    before, last = 0.0, None
+    for j, t in enumerate(totals):
+        if t > 0:
+            if target < before + t:
+                return j, target - before
+            last = (j, target - before)
+        before += t
+    return last  # rounding: target ≥ the float64 total
 
-    weights: this rank's (n,) non-negative float32. One uniform number is drawn
-    from ``generator`` (seeded identically on every rank) whatever happens, so
-    the ranks stay in step. Returns (owner rank, local index), or None when all
-    weights are 0. float64 per-rank totals make the choice equal the
-    single-process one (up to float64 rounding at an exact boundary).
+
+def _draw(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Generator, comm: _Comm):
+    """Choose one point with probability ∝ w across all ranks.
+
+    w: this rank's (n,) non-negative float32 weights; totals: their float64
+    chunk sums (``_chunk_totals``). One uniform number is drawn from
+    ``generator`` (seeded identically on every rank) whatever happens, so the
+    ranks stay in step. Returns (owner rank, local index; -1 on other ranks),
+    or None when every weight is 0. The rank, then the chunk, then the point
+    owning the cumulative position u·Σw is found with float64 sums, so the
+    choice equals the single-process one up to float64 rounding at a boundary.
     """
     u = float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
-    cum = torch.cumsum(weights, 0, dtype=torch.float64)
-    local_total = cum[-1:] if len(cum) else torch.zeros(1, dtype=torch.float64, device=weights.device)
-    totals = comm.all_gather(local_total).flatten().cpu().tolist()  # (world,)
-    total = sum(totals)
-    if total <= 0:
+    rank_totals = comm.all_gather(totals.sum().reshape(1)).flatten().cpu().tolist()  # (world,)
+    if sum(rank_totals) <= 0:
         return None
-    target, before = u * total, 0.0
-    for rank, t in enumerate(totals):
-        if t > 0 and (target < before + t or all(r <= 0 for r in totals[rank + 1 :])):
-            return rank, (_sample(cum, target - before) if rank == comm.rank else -1)
-        before += t
-    raise AssertionError("unreachable: total > 0")
+    rank, target = _locate(rank_totals, u * sum(rank_totals))
+    if rank != comm.rank:
+        return rank, -1
+    j, target = _locate(totals.cpu().tolist(), target)
+    cum = torch.cumsum(w[j * chunk : (j + 1) * chunk], 0, dtype=torch.float64)
+    i = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64, device=cum.device), right=True))
+    if i >= len(cum):  # rounding again: the chunk's last positive weight
+        i = int(torch.nonzero(w[j * chunk : (j + 1) * chunk] > 0)[-1])
+    return rank, j * chunk + i  # w[i] > 0: cum[i] > target ≥ cum[i - 1]
 
 
 def _kmeanspp(x, k, generator, chunk, comm, offsets, progress):
     """k-means++ on this rank's shard x (n, d) of unit rows; ``offsets`` (world,)
     are the shards' global starts. Returns the global indices (k,) int64 (CPU)
-    and the centers (k, d) float32 on x.device, identical on every rank."""
+    and the centers (k, d) float32 on x.device, identical on every rank.
+
+    Per center: one pass over x (a matrix-vector product, memory-bound) that
+    updates the running D² and its chunk sums while the chunk is in cache."""
     n, d = x.shape
     nonzero = (x != 0).any(dim=1)
     # Running D² per point; all-zero rows have no direction and weigh 0 throughout.
     dmin = torch.where(nonzero, torch.inf, 0.0).to(torch.float32)  # (n,)
+    totals = torch.zeros(-(-n // chunk), dtype=torch.float64, device=x.device)  # D² sums per chunk
     chosen = torch.zeros(n, dtype=torch.bool, device=x.device)
     centers = torch.empty(k, d, dtype=x.dtype, device=x.device)
     indices = torch.empty(k, dtype=torch.int64)
@@ -242,9 +261,14 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress):
     for i in range(k):
         # First center uniform (weights 1), then ∝ D²; uniform among the points not
         # chosen yet once every D² is 0 (fewer distinct points than k).
-        pick = _draw(dmin if i else nonzero.to(torch.float32), generator, comm)
+        if i == 0:
+            w = nonzero.to(torch.float32)
+            pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
+        else:
+            pick = _draw(dmin, totals, chunk, generator, comm)
         if pick is None:
-            pick = _draw((~chosen).to(torch.float32), generator, comm)
+            w = (~chosen).to(torch.float32)
+            pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
         rank, local = pick
         # The owner sends the point and its global index (float64 holds both exactly).
         msg = torch.zeros(d + 1, dtype=torch.float64, device=x.device)
@@ -255,10 +279,12 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress):
         comm.broadcast_(msg, src=rank)
         c = msg[:d].to(x.dtype)
         centers[i], indices[i] = c, int(msg[d])
-        for start in range(0, n, chunk):
+        for j, start in enumerate(range(0, n, chunk)):
             d2 = (x[start : start + chunk] @ c).mul_(-2.0).add_(2.0)  # ‖x − c‖² for unit x, c
             d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)  # duplicates of c: exactly 0
-            torch.minimum(dmin[start : start + chunk], d2, out=dmin[start : start + chunk])
+            dm = dmin[start : start + chunk]
+            torch.minimum(dm, d2, out=dm)
+            totals[j] = dm.sum(dtype=torch.float64)
         if (i + 1) % report_every == 0 or i + 1 == k:
             progress("k-means++", i + 1, k)
     return indices, centers
@@ -279,9 +305,8 @@ def kmeanspp_init(x: torch.Tensor, k: int, generator: torch.Generator, chunk_siz
     """
     comm = _Comm()
     offsets, _ = _offsets(len(x), comm, x.device)
-    chunk = chunk_size or _default_chunk(1, x.shape[1])
     with _full_fp32_matmul():
-        return _kmeanspp(x, k, generator, chunk, comm, offsets, no_progress)[0]
+        return _kmeanspp(x, k, generator, chunk_size or _SEED_CHUNK, comm, offsets, no_progress)[0]
 
 
 # ---------------------------------------------------------------- Lloyd (torch)
@@ -382,8 +407,9 @@ def _lloyd_torch(x, centroids, iterations, chunk, comm, offset, n_total, progres
             p = _lloyd_pass(x, centroids, labels, sims, chunk, comm)
             p.changed = max(p.changed, 1)
         objective.append(1.0 - p.sim_sum / n_total)
-        progress("k-means", it, iterations, objective=objective[-1])
-        if it == iterations or (it > 0 and p.changed == 0):  # no change: a fixed point
+        converged = p.changed == 0  # no assignment changed: a fixed point, the update would be a no-op
+        progress("k-means", iterations if converged else it, iterations, objective=objective[-1])
+        if it == iterations or converged:
             return centroids, p.counts, objective, it, reseeded
         centroids = normalize_rows(p.sums).to(x.dtype)  # spherical update
         it += 1
@@ -497,7 +523,7 @@ def spherical_kmeans(
     with _full_fp32_matmul():
         t0 = time.perf_counter()
         if init == "kmeans++":
-            seed_idx, centroids = _kmeanspp(xt, k, gen, chunk, comm, offsets, progress)
+            seed_idx, centroids = _kmeanspp(xt, k, gen, chunk_size or _SEED_CHUNK, comm, offsets, progress)
         else:
             seed_idx = torch.randperm(n_total, generator=gen)[:k]
             centroids = _gather_rows(xt, offset, len(xt), seed_idx, comm)
