@@ -107,7 +107,7 @@ def build_baseline_head(
     return head
 
 
-def _check_choice(arch: str, head: str) -> None:
+def check_choice(arch: str, head: str) -> None:
     if arch not in ARCHS:
         raise HgmError(f"unknown baseline architecture {arch!r}: expected cnn or cnn-random")
     if head not in HEADS:
@@ -179,7 +179,7 @@ def train_baseline(
     decides). The curve holds (step, validation accuracy) every
     ``cfg.eval_every`` steps, plus the last step if it is not a multiple.
     ``memory_budget``: bytes for the cnn-random feature cache (train + val)."""
-    _check_choice(arch, head)
+    check_choice(arch, head)
     if len(ds_train) == 0:
         raise TrainingError("the training split is empty")
     if cfg.iterations < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:

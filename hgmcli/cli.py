@@ -495,6 +495,50 @@ def export_cmd(
     _finish(result, json_out)
 
 
+# --------------------------------------------------------------------------- baseline
+
+
+@command("baseline")
+def baseline_cmd(
+    arch: Annotated[str, typer.Option("--arch", help="cnn (trained end to end) or cnn-random (frozen random convs).")] = "cnn",
+    head: Annotated[str, typer.Option("--head", help="fc (384-192 ReLU) or linear.")] = "fc",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output classifier .pt (carries its network).")] = Path("baseline.pt"),
+    data: DataOpt = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Adam iterations (the paper: 100,000).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Validation accuracy every N iterations.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    val_size: ValSizeOpt = None,
+    normalize: NormalizeOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train one of the paper's comparison networks (Figure 3): the TensorFlow-tutorial CNN, or it with random frozen convs.
+
+    Examples:
+
+      hgm baseline --data ~/cifar --arch cnn --head fc --iterations 100000 --eval-every 10000 --out cnn-fc.pt
+
+      hgm baseline --data ~/cifar --arch cnn-random --head linear --out cnn-random-linear.pt
+
+      hgm evaluate --data ~/cifar --classifier cnn-fc.pt --split val
+    """
+    pcfg = _pipeline_config(config, set_)
+    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
+    options = dict(iterations=iterations, eval_every=eval_every, batch_size=batch_size, lr=lr)
+    cfg = with_options(pcfg.classifier, options, "classifier")
+    with progress_bar() as report:
+        result = stages.baseline(
+            dcfg, cfg, arch=arch, head=head, out=out, seed=pcfg.seed if seed is None else seed,
+            device=device or pcfg.device, progress=report,
+        )
+    _finish(result, json_out)
+
+
 # --------------------------------------------------------------------------- pipeline
 
 

@@ -99,7 +99,7 @@ def latent_recovery(
             entry["ari"] = float(adjusted_rand_score(patch_ids.ravel(), assign.ravel()))
         classes = latents.get(f"latent_{level}")
         block = net.blocks[j]
-        trained = not isinstance(block.proj, torch.nn.Identity)
+        trained = isinstance(getattr(block, "proj", None), torch.nn.Conv2d)
         if trained and classes is not None and classes.shape == out.shape[:1] + out.shape[2:]:
             emb = out.transpose(0, 2, 3, 1).reshape(-1, out.shape[1])
             lab = classes.ravel()

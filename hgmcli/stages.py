@@ -559,7 +559,7 @@ def evaluate(
     feats = _features(net, ds.images, dev, 256, 0, progress, "features")  # streamed: evaluation needs one pass
     pred = classify.predict(head, feats)
     result = {"split": cfg.split, **metrics.classification_metrics(pred, ds.labels, payload["label_names"])}
-    if ds.synthetic and len(net.blocks):
+    if ds.synthetic and any(hasattr(b, "cluster") for b in net.blocks):  # baselines have no clusters to score
         rec, sep = metrics.latent_recovery(net, ds.images[:2000], {k: v[:2000] for k, v in ds.latents.items()},
                                            ds.meta["model"], dev, seed=seed)
         result["latent_recovery"] = rec
@@ -610,9 +610,6 @@ def export(*, model: str | Path | None, classifier: str | Path, out: str | Path)
             f"{classifier} expects features of shape {payload['input_shape']} but {model} produces {net.output_shape()}"
         )
     seq = torch.nn.Sequential(*net.to_sequential(), *head).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
-        scripted = torch.jit.script(seq)
     pre = net.preprocess.spec()
     info = {
         "hgm_version": artifacts.versions()["hgm"],
@@ -627,12 +624,66 @@ def export(*, model: str | Path | None, classifier: str | Path, out: str | Path)
         "blocks": nmeta.get("blocks", []),
         "classifier": payload["kind"],
     }
-    artifacts.write_file(
-        out, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files={"hgm.json": json.dumps(info)})
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices: TorchScript is still what loads without hgm
+        scripted = torch.jit.script(seq)
+        artifacts.write_file(
+            out, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files={"hgm.json": json.dumps(info)})
+        )
     summary = [
         ("layers", " -> ".join(type(m).__name__ for m in seq)),
         ("input", f"{'x'.join(map(str, net.input_shape))} ({info['input']['preprocessing']})"),
         ("written", str(out)),
     ]
     return StageResult("export", {"model": Path(out)}, {"info": info}, summary)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def baseline(
+    data_cfg,
+    cfg,
+    *,
+    arch: str,
+    head: str,
+    out: str | Path,
+    seed: int = 0,
+    device: str = "auto",
+    progress: Progress = no_progress,
+    reuse: bool = False,
+) -> StageResult:
+    """The paper's comparison networks (Figure 3), trained end to end (cnn) or
+    with frozen random convolutions (cnn-random); one classifier file that
+    carries its network."""
+    from . import baselines, data, train
+    from .device import resolve_device
+
+    baselines.check_choice(arch, head)
+    record = {**_stage_config(data=data_cfg, classifier=cfg), "baseline": {"arch": arch, "head": head}}
+    if reuse and (hit := reuse_existing(out, "baseline", record, seed, {"data": data.data_path(data_cfg)})):
+        return hit
+    artifacts.ensure_writable(out)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    ds = data.load_dataset(data_cfg, "train", seed=seed)
+    ds_val = _maybe_val(data_cfg, seed)
+    norm = data.normalization(data_cfg, ds)
+    net, clf, curve, bstats = baselines.train_baseline(
+        ds, ds_val, norm, arch=arch, head=head, cfg=cfg, seed=seed, device=dev,
+        memory_budget=train.memory_budget(None), progress=progress,
+    )
+    stats = {**bstats, "curve": curve, "device": str(dev), "seconds": round(time.perf_counter() - t0, 3)}
+    payload = baselines.baseline_payload(net, clf, head, curve, ds.label_names, arch=arch)
+    meta = artifacts.make_meta(
+        "classifier", "baseline", record, seed=seed, inputs={"data": ds.path}, stats=artifacts.to_jsonable(stats),
+    )
+    artifacts.save_pt(out, payload, meta)
+    summary = [
+        ("baseline", f"{arch} + {head} ({'conv frozen at random init' if arch == 'cnn-random' else 'trained end to end'})"),
+        ("iterations", str(cfg.iterations)),
+        ("val accuracy", f"{curve[-1][1]:.4f}" if curve else "-"),
+        ("time", f"{stats['seconds']:.1f} s"),
+        ("written", str(out)),
+    ]
+    return StageResult("baseline", {"classifier": Path(out)}, stats, summary)

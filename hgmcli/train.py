@@ -114,11 +114,12 @@ class FrozenFeatures:
         return f * self.scale if self.cache_dtype == torch.uint8 else f
 
     def _compute(self, order: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
-        with torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
-                yield start, self.fn(batch.to(self.device, non_blocking=True)).float()
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+            with torch.no_grad():  # only around fn: a yield inside no_grad would switch off the caller's autograd
+                feats = self.fn(batch.to(self.device, non_blocking=True)).float()
+            yield start, feats
 
     def batches(self, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """(indices, float32 features on device) for ``order`` in chunks of ``batch_size``."""
