@@ -27,8 +27,10 @@ distance 1 − ⟨x, c_assigned⟩ over all points, entry i after i updates):
 - ``faiss`` (CPU, or GPU with a faiss-gpu build): ``faiss.Kmeans(spherical=True)``
   started from our seeds, never subsampling behind our back.
 
-Speed and quality against scikit-learn, side by side on CIFAR-10 patches:
-``benchmarks/kmeans.py`` (its docstring has the measured tables).
+Measured side by side on CIFAR-10 3×3×3 patches, k = 256, 10 iterations, 2
+CPU cores (``benchmarks/kmeans.py``, which has the full tables): 200,000
+patches in 3.3 s (torch) / 3.5 s (faiss) vs scikit-learn's 11.6 s; 2,000,000
+in 31 s / 28 s vs 92 s; mean cosine distance within 0.7 % of scikit-learn's.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _faiss():
     """The faiss module, or None when it is not installed (GPU machines have none)."""
     try:
         import faiss
-    except ImportError:
+    except Exception:  # ImportError, or a wheel that fails to load (CPU flags, numpy ABI): absent
         return None
     return faiss
 
@@ -95,7 +97,8 @@ def _distributed() -> bool:
 
 def pick_backend(backend: str, device: torch.device) -> str:
     """``auto``: faiss when importable and it can run on ``device`` (CPU, or a
-    faiss-gpu build), and not under torch.distributed; else torch."""
+    faiss-gpu build), and not under torch.distributed; else torch. An explicit
+    ``faiss`` with a CUDA device but a CPU-only faiss runs on the CPU (stats say so)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch")
     if backend == "torch":
