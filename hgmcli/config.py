@@ -70,6 +70,9 @@ class ClusterConfig:
     center: bool = False  # subtract each patch's mean before L2-normalising
     backend: Literal["auto", "faiss", "torch"] = "auto"  # auto: faiss if importable, else torch
     init: Literal["kmeans++", "random"] = "kmeans++"  # seeding (appendix B: k-means++)
+    seed_trials: int | None = None  # candidates per k-means++ step; 1: appendix B's plain D^2
+    # sampling; None: 2 + ln k, the greedy variant (measured: fewer bad local optima, see kmeans.py)
+    restarts: int = 1  # independent k-means runs; the lowest objective is kept
     iterations: int = 25  # Lloyd iterations after seeding
     max_points_per_centroid: int | None = None  # subsample to k*this points (FAISS-style); None: use all
     batch_size: int = 256  # images per batch when computing the network's features

@@ -245,13 +245,16 @@ def _draw(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Ge
     return rank, j * chunk + i  # w[i] > 0: cum[i] > target ≥ cum[i - 1]
 
 
-def _kmeanspp(x, k, generator, chunk, comm, offsets, progress):
+def _kmeanspp(x, k, generator, chunk, comm, offsets, progress, trials: int = 1):
     """k-means++ on this rank's shard x (n, d) of unit rows; ``offsets`` (world,)
     are the shards' global starts. Returns the global indices (k,) int64 (CPU)
     and the centers (k, d) float32 on x.device, identical on every rank.
 
-    Per center: one pass over x (a matrix-vector product, memory-bound) that
-    updates the running D² and its chunk sums while the chunk is in cache."""
+    ``trials`` > 1 is the greedy variant (Arthur & Vassilvitskii's experiments,
+    scikit-learn's default with 2 + ln k): draw that many candidates ∝ D² and
+    keep the one that lowers the potential Σ D² most. 1 is appendix B's plain
+    D² sampling. Per center: one pass over x per candidate batch (memory-bound)
+    that updates the running D² and its chunk sums while the chunk is in cache."""
     n, d = x.shape
     nonzero = (x != 0).any(dim=1)
     # Running D² per point; all-zero rows have no direction and weigh 0 throughout.
@@ -261,32 +264,50 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress):
     centers = torch.empty(k, d, dtype=x.dtype, device=x.device)
     indices = torch.empty(k, dtype=torch.int64)
     report_every = max(1, k // 100)
-    for i in range(k):
-        # First center uniform (weights 1), then ∝ D²; uniform among the points not
-        # chosen yet once every D² is 0 (fewer distinct points than k).
-        if i == 0:
-            w = nonzero.to(torch.float32)
-            pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
-        else:
-            pick = _draw(dmin, totals, chunk, generator, comm)
-        if pick is None:
-            w = (~chosen).to(torch.float32)
-            pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
+
+    def fetch(pick) -> tuple[torch.Tensor, int]:
+        """The owner sends the point and its global index (float64 holds both exactly)."""
         rank, local = pick
-        # The owner sends the point and its global index (float64 holds both exactly).
         msg = torch.zeros(d + 1, dtype=torch.float64, device=x.device)
         if rank == comm.rank:
             msg[:d], msg[d] = x[local], offsets[rank] + local
+        comm.broadcast_(msg, src=rank)
+        return msg[:d].to(x.dtype), int(msg[d])
+
+    def d2_of(xc: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        d2 = (xc @ cands.T).mul_(-2.0).add_(2.0)  # (chunk, L) ‖x − c‖² for unit x, c
+        return d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)  # duplicates of c: exactly 0
+
+    for i in range(k):
+        # First center uniform (weights 1), then ∝ D²; uniform among the points not
+        # chosen yet once every D² is 0 (fewer distinct points than k).
+        n_draws = 1 if i == 0 else trials
+        picks = []
+        for _ in range(n_draws):
+            pick = None if i == 0 else _draw(dmin, totals, chunk, generator, comm)
+            if pick is None:
+                w = nonzero.to(torch.float32) if i == 0 else (~chosen).to(torch.float32)
+                pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
+            picks.append(fetch(pick))
+        cands = torch.stack([c for c, _ in picks])  # (L, d)
+        best = 0
+        if len(picks) > 1:  # greedy: the candidate with the lowest potential after adding it
+            pot = torch.zeros(len(picks), dtype=torch.float64, device=x.device)
+            for start in range(0, n, chunk):
+                pot += torch.minimum(dmin[start : start + chunk, None], d2_of(x[start : start + chunk], cands)).sum(
+                    0, dtype=torch.float64
+                )
+            comm.all_reduce_(pot)
+            best = int(torch.argmin(pot))  # first on ties: the same on every rank
+        c, gidx = cands[best], picks[best][1]
+        centers[i], indices[i] = c, gidx
+        local = gidx - offsets[comm.rank]
+        if 0 <= local < n:
             chosen[local] = True
             dmin[local] = 0.0
-        comm.broadcast_(msg, src=rank)
-        c = msg[:d].to(x.dtype)
-        centers[i], indices[i] = c, int(msg[d])
         for j, start in enumerate(range(0, n, chunk)):
-            d2 = (x[start : start + chunk] @ c).mul_(-2.0).add_(2.0)  # ‖x − c‖² for unit x, c
-            d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)  # duplicates of c: exactly 0
             dm = dmin[start : start + chunk]
-            torch.minimum(dm, d2, out=dm)
+            torch.minimum(dm, d2_of(x[start : start + chunk], c[None])[:, 0], out=dm)
             totals[j] = dm.sum(dtype=torch.float64)
         if (i + 1) % report_every == 0 or i + 1 == k:
             progress("k-means++", i + 1, k)
@@ -483,9 +504,16 @@ def spherical_kmeans(
     seed: int = 0,
     max_points_per_centroid: int | None = None,
     chunk_size: int | None = None,
+    seed_trials: int | None = 1,
+    restarts: int = 1,
     progress=no_progress,
 ) -> KMeansResult:
     """KMEANS(S, k): cosine k-means of the rows of x, k-means++ seeded.
+
+    ``seed_trials``: candidates per k-means++ step (1: appendix B's plain D²
+    sampling; None: 2 + ln k, the greedy variant). ``restarts``: independent
+    runs (seeds seed, seed+1, ...); the one with the lowest final objective is
+    kept and every run's objective is recorded in ``stats["restart_objectives"]``.
 
     x: (N, d) float32, rows of unit L2 norm (re-normalised here anyway; all-zero
     rows stay zero, are never seeds and count as distance 1 to every centroid).
@@ -499,6 +527,24 @@ def spherical_kmeans(
     """
     if init not in INITS:
         raise ConfigError(f"unknown k-means init {init!r}; expected kmeans++ or random")
+    if restarts < 1:
+        raise ConfigError(f"restarts must be at least 1, got {restarts}")
+    if seed_trials is not None and seed_trials < 1:
+        raise ConfigError(f"seed_trials must be at least 1, got {seed_trials}")
+    if restarts > 1:
+        runs = [
+            spherical_kmeans(x, k, iterations=iterations, init=init, backend=backend, device=device, seed=seed + r,
+                             max_points_per_centroid=max_points_per_centroid, chunk_size=chunk_size,
+                             seed_trials=seed_trials, progress=progress)
+            for r in range(restarts)
+        ]
+        best = min(runs, key=lambda r: r.objective[-1])  # first on ties
+        best.stats["restarts"] = restarts
+        best.stats["restart_objectives"] = [r.objective[-1] for r in runs]
+        best.stats["seconds_seed"] = round(sum(r.stats["seconds_seed"] for r in runs), 4)
+        best.stats["seconds_lloyd"] = round(sum(r.stats["seconds_lloyd"] for r in runs), 4)
+        return best
+    trials = seed_trials if seed_trials is not None else 2 + int(np.log(k))
     if iterations < 0:
         raise ConfigError(f"iterations must be at least 0, got {iterations}")
     dev = resolve_device(device)
@@ -526,7 +572,7 @@ def spherical_kmeans(
     with _full_fp32_matmul():
         t0 = time.perf_counter()
         if init == "kmeans++":
-            seed_idx, centroids = _kmeanspp(xt, k, gen, chunk_size or _SEED_CHUNK, comm, offsets, progress)
+            seed_idx, centroids = _kmeanspp(xt, k, gen, chunk_size or _SEED_CHUNK, comm, offsets, progress, trials)
         else:
             seed_idx = torch.randperm(n_total, generator=gen)[:k]
             centroids = _gather_rows(xt, offset, len(xt), seed_idx, comm)
@@ -554,6 +600,7 @@ def spherical_kmeans(
         "backend": name,
         "device": str(run_dev) + (" (faiss-gpu)" if use_gpu_faiss else ""),
         "init": init,
+        "seed_trials": trials if init == "kmeans++" else None,
         "seed": seed,
         "k": k,
         "n": n_input,  # all ranks together

@@ -227,7 +227,8 @@ def cluster(
     x = kmeans.normalize_rows(patches, center=rcfg.center)
     result = kmeans.spherical_kmeans(
         x, rcfg.k, iterations=rcfg.iterations, init=rcfg.init, backend=rcfg.backend, device=dev, seed=seed,
-        max_points_per_centroid=rcfg.max_points_per_centroid, progress=progress,
+        max_points_per_centroid=rcfg.max_points_per_centroid, seed_trials=rcfg.seed_trials,
+        restarts=rcfg.restarts, progress=progress,
     )
     c_in = pstats["feature_shape"][0]
     centroids = result.centroids.reshape(rcfg.k, c_in, rcfg.patch_size, rcfg.patch_size).astype(np.float32)

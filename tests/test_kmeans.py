@@ -89,6 +89,32 @@ def test_kmeanspp_seeding_beats_random_seeding_on_separated_blobs():
         assert np.mean(pp) < 0.5 * np.mean(rnd), (iterations, pp, rnd)
 
 
+def test_greedy_seeding_finds_every_blob_where_plain_seeding_can_miss():
+    """Lemma 6's "highly clustered" regime, but with blobs only a few spreads
+    apart: plain D² sampling sometimes puts two seeds in one blob and Lloyd
+    cannot undo it; the greedy variant (2 + ln k candidates) finds all."""
+    rng = np.random.default_rng(5)
+    x, ids = blobs(rng, 40, 8000, 16, 0.03)
+    found = {}
+    for trials in (1, None):
+        found[trials] = [
+            is_bijection(assign(x, spherical_kmeans(x, 40, iterations=10, seed=s, seed_trials=trials,
+                                                    backend="torch").centroids)[0], ids)
+            for s in range(6)
+        ]
+    assert all(found[None]), found
+    assert not all(found[1]), found  # the case the greedy variant is for
+
+
+def test_restarts_keep_the_best_run():
+    rng = np.random.default_rng(6)
+    x, _ = blobs(rng, 30, 3000, 8, 0.2)
+    r = spherical_kmeans(x, 30, iterations=5, seed=0, seed_trials=1, restarts=3, backend="torch")
+    assert r.stats["restarts"] == 3 and r.objective[-1] == min(r.stats["restart_objectives"])
+    single = spherical_kmeans(x, 30, iterations=5, seed=0, seed_trials=1, backend="torch")
+    assert single.objective[-1] == r.stats["restart_objectives"][0]
+
+
 # ---------------------------------------------------------------- backends and numerics
 
 
