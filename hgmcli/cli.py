@@ -312,6 +312,7 @@ def train_layer_cmd(
     pool: Annotated[Optional[str], typer.Option(help="auto, max, avg or none.")] = None,
     pool_size: Annotated[Optional[int], typer.Option("--pool-size")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Cluster-conv stride [default: s on synthetic, 1 on images].")] = None,
+    padding: Annotated[Optional[int], typer.Option(help="Cluster-conv zero padding [default: 0 synthetic, s//2 images].")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Adam epochs.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Adam steps (instead of epochs).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
@@ -348,7 +349,7 @@ def train_layer_cmd(
     dcfg = _data_config(pcfg, data, val_size, normalize, limit)
     options = dict(
         mode=mode, n=n, bias=bias, activation=activation, normalize_patches=normalize_patches, pool=pool,
-        pool_size=pool_size, stride=stride, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+        pool_size=pool_size, stride=stride, padding=padding, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, eta=eta, iterations=iterations, sigma=sigma, memory_budget=memory_budget,
         cache_dtype=cache_dtype,
     )

@@ -92,6 +92,7 @@ class TrainConfig:
     pool: Literal["auto", "max", "avg", "none"] = "auto"  # auto: none (synthetic), max (images)
     pool_size: int = 2  # pooling window and stride
     stride: int | None = None  # cluster-conv stride; auto: s (synthetic), 1 (images)
+    padding: int | None = None  # zero padding of the cluster conv; auto: 0 (synthetic), s // 2 ("same", images)
     epochs: int = 5  # passes over the training split (adam-ce)
     steps: int | None = None  # if set, train this many minibatch steps instead of epochs
     batch_size: int = 128  # examples per Adam step

@@ -61,6 +61,7 @@ class ClusterConv(nn.Module):
         centroids: torch.Tensor,
         *,
         stride: int = 1,
+        padding: int = 0,
         bias: float = 0.0,
         normalize: bool = True,
         center: bool = False,
@@ -75,6 +76,7 @@ class ClusterConv(nn.Module):
         self.in_channels = int(centroids.shape[1])
         self.size = int(centroids.shape[2])
         self.stride = int(stride)
+        self.padding = int(padding)  # zeros around the input ("same" for s // 2 at stride 1)
         self.bias = float(bias)
         self.normalize = bool(normalize)
         self.center = bool(center)
@@ -82,18 +84,18 @@ class ClusterConv(nn.Module):
 
     def similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Raw responses <patch, centroid>, or cosines when ``normalize``."""
-        z = F.conv2d(x, self.weight, stride=self.stride)
+        z = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)
         if not (self.normalize or self.center):
             return z
         dim = float(self.in_channels * self.size * self.size)
         ones = torch.ones(1, 1, self.size, self.size, dtype=x.dtype, device=x.device)
         # Patch sums via a box filter over the channel-summed input: cheap next to the main conv.
-        sum1 = F.conv2d(x.sum(dim=1, keepdim=True), ones, stride=self.stride)
+        sum1 = F.conv2d(x.sum(dim=1, keepdim=True), ones, stride=self.stride, padding=self.padding)
         mean = sum1 / dim
         if self.center:
             z = z - mean * self.weight_sum
         if self.normalize:
-            sum2 = F.conv2d((x * x).sum(dim=1, keepdim=True), ones, stride=self.stride)
+            sum2 = F.conv2d((x * x).sum(dim=1, keepdim=True), ones, stride=self.stride, padding=self.padding)
             if self.center:
                 sum2 = sum2 - dim * mean * mean
             z = z / torch.sqrt(sum2.clamp_min(0.0) + 1e-12)
@@ -105,6 +107,62 @@ class ClusterConv(nn.Module):
             idx = z.argmax(dim=1)
             return F.one_hot(idx, self.k).permute(0, 3, 1, 2).to(z.dtype)
         return F.relu(z + self.bias)
+
+
+FUSED_CHUNK_FLOATS = 1 << 20  # conv outputs per chunk (4 MB): stays in cache until pooled
+
+
+FUSED_MAX_PATCH_DIM = 1024  # above this (e.g. 155x3x3) conv2d's own GEMM wins (benchmarks/features.py)
+
+
+def fused_applies(block: "Block") -> bool:
+    c = block.cluster
+    return (
+        c.activation == "relu"
+        and block.pool_kind in ("max", "none")
+        and c.in_channels * c.size * c.size <= FUSED_MAX_PATCH_DIM
+    )
+
+
+def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
+    """ClusterConv -> ReLU(. + b) -> max-pool, computed in cache-sized chunks
+    of images as unfold -> (normalise rows) -> one GEMM -> max of the pooling
+    window -> bias + ReLU.
+
+    Why: on a 2-core CPU the conv output of the first layer (k channels at full
+    resolution) is far larger than the cache, and the separate division,
+    ReLU and pooling passes over it cost more than the convolution itself.
+    Pooling first is exact: max-pool commutes with the monotone ReLU(. + b).
+    Measured in benchmarks/features.py (before/after table in the README).
+    Returns (B, k, H', W') as a channels-last view."""
+    c = block.cluster
+    b, ch, h, w = x.shape
+    s, st, pad = c.size, c.stride, c.padding
+    ho, wo = (h + 2 * pad - s) // st + 1, (w + 2 * pad - s) // st + 1
+    p = block.pool_size if block.pool_kind == "max" else 1
+    hp, wp = ho // p, wo // p
+    weight = c.weight.reshape(c.k, -1).t()  # (C*s*s, k)
+    out = torch.empty(b, hp, wp, c.k, dtype=x.dtype, device=x.device)
+    chunk = max(1, FUSED_CHUNK_FLOATS // max(1, ho * wo * c.k))
+    for start in range(0, b, chunk):
+        xc = x[start : start + chunk]
+        n = len(xc)
+        cols = F.unfold(xc, s, padding=pad, stride=st).transpose(1, 2)  # (n, L, C*s*s)
+        if c.center:
+            cols = cols - cols.mean(dim=2, keepdim=True)
+        if c.normalize:
+            cols = cols * torch.rsqrt((cols * cols).sum(dim=2, keepdim=True) + 1e-12)
+        y = (cols.reshape(-1, cols.shape[2]) @ weight).view(n, ho, wo, c.k)  # channels-last
+        if p > 1:  # max over the p x p window via strided views (amax over two dims is slow on CPU)
+            y = y[:, : hp * p, : wp * p].reshape(n, hp, p, wp, p, c.k)
+            m = y[:, :, 0, :, 0]
+            for dy in range(p):
+                for dx in range(p):
+                    if dy or dx:
+                        m = torch.maximum(m, y[:, :, dy, :, dx])
+            y = m
+        out[start : start + n] = torch.relu_(y + c.bias)
+    return out.permute(0, 3, 1, 2)
 
 
 def make_pool(kind: str, size: int) -> nn.Module:
@@ -137,7 +195,13 @@ class Block(nn.Module):
             self.out_channels = int(proj.shape[0])
 
     def frozen(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before the 1x1 conv (what train-layer caches)."""
+        """Everything before the 1x1 conv (what train-layer caches).
+
+        The eager path is ``fused_frozen`` where it applies (ReLU activation,
+        max or no pooling); the plain conv -> activation -> pool modules are
+        what TorchScript export uses and what the tests compare it against."""
+        if not torch.jit.is_scripting() and fused_applies(self):
+            return fused_frozen(self, x)
         return self.pool(self.cluster(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,6 +296,7 @@ def block_spec(b: nn.Module, extra: dict | None = None) -> dict:
         "centroids": c.weight.cpu().clone(),
         "proj": None if b.proj_weight() is None else b.proj_weight().cpu().clone(),
         "stride": c.stride,
+        "padding": c.padding,
         "bias": c.bias,
         "normalize": c.normalize,
         "center": c.center,
@@ -249,6 +314,7 @@ def block_from_spec(spec: dict) -> nn.Module:
     cluster = ClusterConv(
         spec["centroids"],
         stride=spec["stride"],
+        padding=spec.get("padding", 0),
         bias=spec["bias"],
         normalize=spec["normalize"],
         center=spec["center"],

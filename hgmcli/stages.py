@@ -288,6 +288,8 @@ def resolve_train(cfg, ds, patch_size: int):
     out = dataclasses.replace(cfg)
     if out.stride is None:
         out.stride = patch_size if ds.synthetic else 1
+    if out.padding is None:
+        out.padding = 0 if ds.synthetic else patch_size // 2
     if out.pool == "auto":
         out.pool = "none" if ds.synthetic else "max"
     if out.activation == "auto":
@@ -328,7 +330,7 @@ def train_layer(
     check_centroids_fit(net, cents, centroids)
     rcfg = resolve_train(cfg, ds, cents.shape[2])
     cluster_conv = ClusterConv(
-        torch.from_numpy(cents), stride=rcfg.stride, bias=rcfg.bias, normalize=rcfg.normalize_patches,
+        torch.from_numpy(cents), stride=rcfg.stride, padding=rcfg.padding, bias=rcfg.bias, normalize=rcfg.normalize_patches,
         center=bool(cmeta.get("center", False)), activation=rcfg.activation,
     )
     block = Block(cluster_conv, rcfg.pool, rcfg.pool_size)
@@ -367,7 +369,7 @@ def train_layer(
     stats = {**tstats, "output_shape": out_shape, "seconds": round(time.perf_counter() - t0, 3)}
     info = {
         "mode": rcfg.mode, "k": int(cents.shape[0]), "n": new_block.out_channels, "patch_size": int(cents.shape[2]),
-        "stride": rcfg.stride, "pool": rcfg.pool, "activation": rcfg.activation, "bias": rcfg.bias,
+        "stride": rcfg.stride, "padding": rcfg.padding, "pool": rcfg.pool, "activation": rcfg.activation, "bias": rcfg.bias,
         "stats": artifacts.to_jsonable(tstats),
     }
     blocks_info = list((nmeta or {}).get("blocks", [])) + [info]
