@@ -53,8 +53,9 @@ class DataConfig:
     root: str | None = None  # .npz, CIFAR-10 folder or image folder; None: $HGM_DATA
     val_size: float | None = None  # validation slice: count (>=1) or fraction (<1); None: auto
     # (CIFAR-10: last 10,000 training images as in the paper; otherwise 10%)
-    normalize: Literal["none", "scale", "standardize"] = "standardize"  # standardize: per-channel
-    # mean/std of the training split (uint8 data first scaled to [0,1]); scale: [0,1] only
+    normalize: Literal["auto", "none", "scale", "standardize"] = "auto"  # standardize: per-channel
+    # mean/std of the training split (uint8 data first scaled to [0,1]); scale: [0,1] only;
+    # auto: none on a synthetic .npz (the theory's raw patches), standardize on images
     limit: int | None = None  # use only the first N training images (smoke runs)
     download: bool = False  # fetch CIFAR-10 into root with torchvision's downloader if missing
 

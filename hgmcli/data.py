@@ -187,6 +187,8 @@ def normalization(cfg: DataConfig, train: Dataset) -> dict:
     per-channel mean/std of the *train* split, accumulated in float64 over
     batches (never a float copy of the set). A constant channel gets std 1."""
     mode = cfg.normalize
+    if mode == "auto":  # a constant shift could make distinct synthetic patches collinear under cosine
+        mode = "none" if train.synthetic else "standardize"
     channels = train.images.shape[1]
     scale = 1.0 / 255.0 if (mode != "none" and train.images.dtype == np.uint8) else 1.0
     mean, std = [0.0] * channels, [1.0] * channels

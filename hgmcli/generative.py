@@ -83,15 +83,21 @@ corner (the corners are free in every template)::
        HHH      .V.      .JH      HJ.      .JH      HJ.      .JH      HJ.
        ...      .V.      .V.      .V.      ...      ...      .V.      .V.
 
-    manifestations: clean | A top-left | B bottom-right | B top-right
+    manifestations: clean | a speck top-left | bottom-right | top-right
+    (the speck is A, a dot, for blank, ─, ┌ and ┐, and B, a scratch, for the
+    others: the two speck classes then have different label frequencies F_c,
+    which §3.1 assumes of every pair of classes)
 
 so strokes of neighbouring cells meet at the cell borders (an ``H`` row runs
 edge to edge, ``V`` columns likewise, ``J`` joins them). Each C1 class
-expands to one of 4 3x3 greyscale patches in [0, 1]: blank = black with at
-most one very faint (0.08) pixel; H = a bright middle row (1.0 or 0.8, or
-1.0 thickened by a 0.4 row above / below); V = the transpose; J = a plus
-(1.0 or 0.8) with or without 0.4 corners; A = a centre dot (0.4 / 0.3) or a
-two-pixel dot; B = a faint (0.25) two-pixel diagonal (four orientations). Strokes
+expands to one of 4 3x3 greyscale patches in [0, 1]: blank = a dim floor
+(0.05) with up to two slightly brighter pixels; H = a bright middle row, plain,
+thickened above or below by a 0.5 row, or notched; V = the transpose; J = a
+plus, with 0.4 corners or 0.5 diagonal ends; A = a centre dot (0.5) or a
+two-pixel dot; B = a faint (0.3) two-pixel diagonal (four orientations). All
+24 patches point in different directions and none is black, because the
+clustering is cosine (§5.1): patches that differ only in brightness would be
+one point to it. Strokes
 are therefore continuous, one to three pixels thick, and every digit reads
 like a seven-segment/box-drawing numeral (see ``hgm generate --model digits
 --preview``). The digits model ignores the depth / patch_size / m0 /
@@ -508,7 +514,12 @@ _TEMPLATES = {  # C0 class -> 3x3 over C1 (the stroke through the cell centre)
     "├": [[_B, _V, _B], [_B, _J, _H], [_B, _V, _B]],
     "┤": [[_B, _V, _B], [_H, _J, _B], [_B, _V, _B]],
 }
-_SPECKS = [None, ((0, 0), _A), ((2, 2), _S), ((0, 2), _S)]  # the 4 manifestations
+_SPECK_CORNERS = [None, (0, 0), (2, 2), (0, 2)]  # the 4 manifestations: clean, or a speck in a free corner
+# Which speck a C0 class sheds: dots (A) for blank and the top-side strokes, scratches (B)
+# for the others. Tying the speck kind to the parent class gives A and B different
+# label-frequency patterns F_c (§3.1's "linearly independent in pairs"); were both
+# shed by every class alike, F_A = F_B and no training could tell them apart.
+_DOT_SHEDDERS = {"blank", "─", "┌", "┐"}
 
 DIGIT_GLYPHS = {  # digit -> 3 rows of C0 box-drawing characters (" " = blank)
     0: ["┌─┐", "│ │", "└─┘"],
@@ -538,19 +549,27 @@ def _digit_final_patches() -> np.ndarray:
     row[1] = 1.0
     plus = row.copy()
     plus[:, 1] = 1.0
-    corners = at(((0, 0), 0.4), ((0, 2), 0.4), ((2, 0), 0.4), ((2, 2), 0.4))
-    thick_up, thick_down = row.copy(), row.copy()
-    thick_up[0], thick_down[2] = 0.4, 0.4
-    h = [row, 0.8 * row, thick_up, thick_down]
-    sets = [
-        [z, at(((0, 0), 0.08)), at(((2, 2), 0.08)), at(((1, 1), 0.08))],  # blank: faint texture
-        h,  # H: thin / dim / thickened above / below
-        [p.T for p in h],  # V
-        [plus, 0.8 * plus, plus + corners, 0.8 * plus + corners],  # J
-        [at(((1, 1), 0.4)), at(((1, 1), 0.3)), at(((1, 1), 0.4), ((1, 2), 0.3)), at(((1, 1), 0.4), ((2, 1), 0.3))],
-        [at(((0, 0), 0.25), ((1, 1), 0.25)), at(((1, 1), 0.25), ((2, 2), 0.25)),
-         at(((0, 2), 0.25), ((1, 1), 0.25)), at(((1, 1), 0.25), ((2, 0), 0.25))],  # fmt: skip
+    # Every patch has its own direction: the clustering is cosine (§5.1), so two
+    # patches that differ only in brightness (or an all-black patch) would be
+    # one and the same point to it. Variations are therefore in shape.
+    h = [
+        row,
+        row + at(((0, 0), 0.5), ((0, 1), 0.5), ((0, 2), 0.5)),  # thickened above
+        row + at(((2, 0), 0.5), ((2, 1), 0.5), ((2, 2), 0.5)),  # thickened below
+        row + at(((0, 1), 0.5), ((2, 1), 0.5)),  # with a notch
     ]
+    floor = np.full((3, 3), 0.05)  # background: a dim floor, never exactly black
+    sets = [
+        [floor, floor + at(((0, 0), 0.1)), floor + at(((2, 2), 0.1)), floor + at(((0, 2), 0.1), ((2, 0), 0.1))],
+        h,  # H
+        [p.T for p in h],  # V
+        [plus, plus + at(((0, 0), 0.4), ((0, 2), 0.4), ((2, 0), 0.4), ((2, 2), 0.4)),
+         plus + at(((0, 0), 0.5), ((2, 2), 0.5)), plus + at(((0, 2), 0.5), ((2, 0), 0.5))],  # J
+        [at(((1, 1), 0.5)), at(((1, 1), 0.5), ((1, 2), 0.4)), at(((1, 1), 0.5), ((2, 1), 0.4)),
+         at(((1, 1), 0.5), ((1, 0), 0.4))],  # A: a dot, or a two-pixel dot
+        [at(((0, 0), 0.3), ((1, 1), 0.3)), at(((1, 1), 0.3), ((2, 2), 0.3)),
+         at(((0, 2), 0.3), ((1, 1), 0.3)), at(((1, 1), 0.3), ((2, 0), 0.3))],  # B: a faint diagonal scratch
+    ]  # fmt: skip
     return np.array(sets, dtype=np.float32)
 
 
@@ -559,11 +578,11 @@ def _digit_c1_patches() -> np.ndarray:
     out = np.empty((9, 4, 3, 3), dtype=np.int64)
     for c, name in enumerate(DIGIT_C0_NAMES):
         base = np.array(_TEMPLATES[name], dtype=np.int64)
-        for j, speck in enumerate(_SPECKS):
+        speck = _A if name in _DOT_SHEDDERS else _S
+        for j, corner in enumerate(_SPECK_CORNERS):
             p = base.copy()
-            if speck is not None:
-                (r, col), cls = speck
-                p[r, col] = cls
+            if corner is not None:
+                p[corner] = speck
             out[c, j] = p
     return out
 
