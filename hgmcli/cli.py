@@ -594,5 +594,59 @@ def pipeline_cmd(
     out_console.print(line)
 
 
+# --------------------------------------------------------------------------- search
+
+
+@command("search")
+def search_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML to search around.")],
+    trials: Annotated[int, typer.Option("--trials", "-t", help="Number of random trials.")] = 10,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the trials [default: runs/search-<config>].")] = None,
+    space: Annotated[
+        Optional[list[str]],
+        typer.Option("--space", help="key=low:high[:log], repeatable; '*.train.bias' means every layer [default: around the config]."),
+    ] = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun trials whose folders are up to date.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Random parameter search (appendix C) on the validation split: one pipeline run per trial, best config as YAML.
+
+    Examples:
+
+      hgm search --config configs/smoke.yaml --trials 2 --out runs/search-smoke
+
+      hgm search --config configs/cifar-cpu.yaml --data ~/cifar --trials 20 --space layers.0.cluster.k=128:1024:log
+    """
+    from .search import parse_space, run_search
+
+    pcfg = _pipeline_config(config, set_)
+    if data is not None:
+        pcfg.data = with_options(pcfg.data, dict(root=data), "data")
+    folder = out or Path("runs") / f"search-{config.stem}"
+    echo = (lambda line: err_console.print(line, markup=False, highlight=False)) if state.verbosity >= 1 else None
+    with progress_bar() as report:
+        ranked = run_search(
+            pcfg, folder, trials, space=parse_space(space) if space else None,
+            seed=pcfg.seed if seed is None else seed, force=force, progress=report, echo=echo,
+        )
+    if json_out:
+        print_json([{"trial": r.index, "val_accuracy": r.accuracy, "seconds": r.seconds, "values": r.values,
+                     "run": r.run, "error": r.error} for r in ranked])
+        return
+    keys = list(ranked[0].values) if ranked else []
+    table = Table(title=f"hgm search {folder} (sorted by validation accuracy)", title_justify="left")
+    for col in ["trial", "val acc", "time (s)", *keys]:
+        table.add_column(col.replace("layers.", "L").replace(".cluster", "").replace(".train", ""), justify="right")
+    for r in ranked:
+        acc = "failed" if r.accuracy is None else f"{r.accuracy:.4f}"
+        table.add_row(str(r.index), acc, f"{r.seconds:.1f}", *[str(r.values.get(k)) for k in keys])
+    out_console.print(table)
+    if (folder / "best.yaml").exists():
+        out_console.print(f"best config: {folder / 'best.yaml'}")
+
+
 def main() -> None:
     app()

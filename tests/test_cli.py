@@ -10,7 +10,7 @@ from hgmcli import __version__
 from hgmcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "cluster", "train-layer", "fit-svm", "evaluate", "export", "pipeline", "baseline"]
+COMMANDS = ["generate", "cluster", "train-layer", "fit-svm", "evaluate", "export", "pipeline", "baseline", "search"]
 
 
 def run(*args):
