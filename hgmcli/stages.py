@@ -177,6 +177,34 @@ def resolve_cluster(cfg, ds, n_blocks: int):
     return out
 
 
+# Outputs of the latest saved network, per split, kept between the stages of
+# one process (the pipeline): cluster i+1, train-layer i+1, fit-svm and
+# evaluate all push the same images through the same network. float16 on the
+# CPU; only one network's outputs are kept; only what fits OUTPUT_CACHE_SHARE
+# of the available memory.
+_OUTPUTS: dict[tuple, "object"] = {}
+OUTPUT_CACHE_SHARE = 0.25
+
+
+def network_outputs(net, model, ds, dev, batch_size: int, progress: Progress, label: str):
+    """FrozenFeatures of net(x) over ``ds``: reused when this process computed
+    them already for the same network file and split, else computed (and kept
+    when ``model`` is a file and they fit)."""
+    from . import train
+
+    key = (artifacts.file_hash(model), str(ds.path), ds.split, len(ds)) if model is not None else None
+    if key is not None and key in _OUTPUTS:
+        return train.FrozenFeatures.from_tensor(_OUTPUTS[key], dev)
+    budget = int(OUTPUT_CACHE_SHARE * train.available_memory())
+    feats = train.FrozenFeatures(net, ds.images, device=dev, batch_size=batch_size, budget=budget,
+                                 progress=progress, label=label)
+    if key is not None and feats.cache is not None:
+        for old in [k for k in _OUTPUTS if k[0] != key[0]]:
+            del _OUTPUTS[old]  # an earlier network's outputs: no later stage needs them
+        _OUTPUTS[key] = feats.cache
+    return feats
+
+
 def _stage_config(**sections) -> dict:
     return {name: to_dict(cfg) for name, cfg in sections.items()}
 
@@ -216,11 +244,22 @@ def cluster(
     rcfg = resolve_cluster(cfg, ds, len(net.blocks))
     rng = np.random.default_rng(seed)
 
-    def features(batch: np.ndarray) -> torch.Tensor:
-        return net(torch.from_numpy(np.ascontiguousarray(batch)).to(dev))
+    source, features = ds.images, None
+    if model is not None:  # the network's outputs, kept for train-layer when they fit
+        outs = network_outputs(net, model, ds, dev, rcfg.batch_size, progress, "network outputs")
+        if outs.cache is not None:
+            source = outs.cache
+
+            def features(batch: torch.Tensor) -> torch.Tensor:
+                return batch.to(dev).float()
+
+    if features is None:
+
+        def features(batch: np.ndarray) -> torch.Tensor:
+            return net(torch.from_numpy(np.ascontiguousarray(batch)).to(dev))
 
     patches, pstats = sample_patches(
-        ds.images, rcfg.patches, rcfg.patch_size, rcfg.stride, features,
+        source, rcfg.patches, rcfg.patch_size, rcfg.stride, features,
         rng=rng, batch_size=rcfg.batch_size, progress=progress,
     )
     t_patches = time.perf_counter() - t0
@@ -349,11 +388,18 @@ def train_layer(
         n_val = len(ds_val) if ds_val is not None else 0
         share = len(ds) / (len(ds) + n_val)
         common = dict(device=dev, batch_size=rcfg.batch_size_features, cache_dtype=rcfg.cache_dtype, value_max=value_max)
-        feats = train.FrozenFeatures(frozen, ds.images, budget=int(budget * share), progress=progress, label="features (train)", **common)
-        vfeats = (
-            train.FrozenFeatures(frozen, ds_val.images, budget=int(budget * (1 - share)), progress=progress, label="features (val)", **common)
-            if ds_val is not None else None
-        )
+
+        def frozen_features(split_ds, part: float, label: str):
+            if model is not None:  # start from the network's outputs when an earlier stage kept them
+                outs = network_outputs(net, model, split_ds, dev, rcfg.batch_size_features, progress, f"network outputs ({label})")
+                if outs.cache is not None:
+                    return train.FrozenFeatures(lambda t: block.frozen(t.float()), outs.cache, budget=int(budget * part),
+                                                progress=progress, label=f"features ({label})", **common)
+            return train.FrozenFeatures(frozen, split_ds.images, budget=int(budget * part), progress=progress,
+                                        label=f"features ({label})", **common)
+
+        feats = frozen_features(ds, share, "train")
+        vfeats = frozen_features(ds_val, 1 - share, "val") if ds_val is not None else None
         y_val = ds_val.labels if ds_val is not None else None
         if rcfg.mode == "gd-linear":
             res = train.train_tlgd(feats, ds.labels, vfeats, y_val, rcfg, seed=seed, device=dev, progress=progress)
@@ -416,14 +462,6 @@ def _maybe_val(data_cfg, seed: int):
 # --------------------------------------------------------------------------- fit-svm
 
 
-def _features(net, images, dev, batch_size: int, budget: int, progress: Progress, label: str):
-    from .train import FrozenFeatures
-
-    return FrozenFeatures(
-        lambda x: net(x), images, device=dev, batch_size=batch_size, budget=budget, progress=progress, label=label
-    )
-
-
 def fit_svm(
     data_cfg,
     cfg,
@@ -450,11 +488,8 @@ def fit_svm(
     net, _ = _load_network_or_empty(model, data.normalization(data_cfg, ds) if model is None else None, ds)
     net.to(dev).eval()
     budget = train.memory_budget(None)
-    feats = _features(net, ds.images, dev, cfg.batch_size_features, int(budget * 0.8), progress, "features (train)")
-    vfeats = (
-        _features(net, ds_val.images, dev, cfg.batch_size_features, int(budget * 0.2), progress, "features (val)")
-        if ds_val is not None else None
-    )
+    feats = network_outputs(net, model, ds, dev, cfg.batch_size_features, progress, "features (train)")
+    vfeats = network_outputs(net, model, ds_val, dev, cfg.batch_size_features, progress, "features (val)") if ds_val is not None else None
     n_classes = len(ds.label_names)
     y_val = ds_val.labels if ds_val is not None else None
     if cfg.classifier == "svm":
@@ -559,7 +594,7 @@ def evaluate(
             f"the {cfg.split} split has label {int(ds.labels.max())} but {classifier} knows only {n_classes} classes"
         )
     net.to(dev).eval()
-    feats = _features(net, ds.images, dev, 256, 0, progress, "features")  # streamed: evaluation needs one pass
+    feats = network_outputs(net, model if "network" not in payload or model is not None else None, ds, dev, 256, progress, "features")
     pred = classify.predict(head, feats)
     result = {"split": cfg.split, **metrics.classification_metrics(pred, ds.labels, payload["label_names"])}
     if ds.synthetic and any(hasattr(b, "cluster") for b in net.blocks):  # baselines have no clusters to score

@@ -85,7 +85,7 @@ class FrozenFeatures:
     ):
         self.fn, self.images, self.device, self.batch_size = fn, images, device, batch_size
         with torch.no_grad():
-            probe = fn(torch.from_numpy(np.ascontiguousarray(images[:1])).to(device))
+            probe = fn(_rows(images, np.arange(1)).to(device))
         self.shape = tuple(probe.shape[1:])  # (k, h, w)
         per_item = int(np.prod(self.shape))
         use_uint8 = cache_dtype == "uint8" and value_max is not None and value_max > 0
@@ -100,6 +100,16 @@ class FrozenFeatures:
             for i, (start, feats) in enumerate(self._compute(np.arange(len(images)))):
                 self.cache[start : start + len(feats)] = self._encode(feats).cpu()
                 progress(label, i + 1, n_batches)
+
+    @classmethod
+    def from_tensor(cls, cache: torch.Tensor, device: torch.device) -> FrozenFeatures:
+        """Features computed earlier (float16, on the CPU), served like a fresh cache."""
+        self = cls.__new__(cls)
+        self.fn, self.images, self.device, self.batch_size = None, cache, device, 256
+        self.shape = tuple(cache.shape[1:])
+        self.cache_dtype, self.scale = torch.float16, 1.0
+        self.cache_bytes, self.cached, self.cache = cache.numel() * 2, True, cache
+        return self
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,7 +126,7 @@ class FrozenFeatures:
     def _compute(self, order: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+            batch = _rows(self.images, idx)
             with torch.no_grad():  # only around fn: a yield inside no_grad would switch off the caller's autograd
                 feats = self.fn(batch.to(self.device, non_blocking=True)).float()
             yield start, feats
@@ -143,6 +153,13 @@ class FrozenFeatures:
             "cache_dtype": str(self.cache_dtype).removeprefix("torch."),
             "cache_bytes": self.cache_bytes,
         }
+
+
+def _rows(images: np.ndarray | torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """images[idx] as a tensor: a numpy image array, or features kept as a (float16) tensor."""
+    if isinstance(images, torch.Tensor):
+        return images[torch.from_numpy(np.asarray(idx))]
+    return torch.from_numpy(np.ascontiguousarray(images[idx]))
 
 
 # --------------------------------------------------------------------------- results
