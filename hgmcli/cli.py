@@ -84,10 +84,17 @@ def command(name: str, **kwargs: Any) -> Callable:
     return decorate
 
 
+def _secondary_rank() -> bool:
+    """A torchrun rank other than 0: it computes but neither draws nor prints."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) != 0
+
+
 @contextmanager
 def progress_bar() -> Iterator[stages.Progress]:
     """A rich progress bar on stderr, one row per task name; quiet: none."""
-    if state.verbosity == 0 or not err_console.is_terminal and state.verbosity < 2:
+    if state.verbosity == 0 or _secondary_rank() or not err_console.is_terminal and state.verbosity < 2:
         # Not a terminal (CI logs, pipes): no bar, but verbose still logs lines.
         yield _log_progress if state.verbosity >= 2 else stages.no_progress
         return
@@ -175,6 +182,8 @@ def _layer(pcfg: PipelineConfig, layer: int):
 
 
 def _finish(result: stages.StageResult, json_out: bool) -> None:
+    if _secondary_rank():
+        return
     if json_out:
         print_json(
             {"stage": result.stage, "outputs": {k: str(v) for k, v in result.outputs.items()}, "stats": result.stats}
@@ -303,7 +312,10 @@ def train_layer_cmd(
     data: DataOpt = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Network .pt to extend [default: start one].")] = None,
     mode: Annotated[Optional[str], typer.Option(help="adam-ce (§6), gd-linear (§4.1), jl (random projection) or none.")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Output channels of the 1x1 conv.")] = None,
+    n: Annotated[
+        Optional[int],
+        typer.Option("--n", "--out-channels", help="Output channels of the 1x1 conv (--out-channels under torchrun, whose parser takes --n for its own options)."),
+    ] = None,
     bias: Annotated[Optional[float], typer.Option(help="b in ReLU(conv + b).")] = None,
     activation: Annotated[Optional[str], typer.Option(help="auto, relu or onehot (hard assignment).")] = None,
     normalize_patches: Annotated[

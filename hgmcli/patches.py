@@ -61,13 +61,17 @@ def sample_patches(
     *,
     rng: np.random.Generator,
     batch_size: int = 256,
+    rows: slice | None = None,
     progress: Progress = no_progress,
 ) -> tuple[np.ndarray, dict]:
     """Sample ``n`` patches of ``features(images)``.
 
-    images: (N_img, C, H, W) array (uint8 or float); features maps a batch of
-    images to a (B, C', H', W') tensor (the network so far, or preprocessing
-    only). Returns (patches (n, C'*patch*patch) float32, stats)."""
+    images: (N_img, C, H, W) array (uint8 or float), or a tensor of features
+    computed earlier; features maps a batch of them to a (B, C', H', W')
+    tensor (the network so far, or preprocessing only). ``rows``: keep only
+    this slice of the n sampled positions (a torchrun rank's share: every rank
+    draws the same positions). Returns (patches (len(rows), C'*patch*patch)
+    float32, stats)."""
     if n < 1:
         raise DataError(f"number of patches must be >= 1, got {n}")
     if len(images) == 0:
@@ -76,6 +80,9 @@ def sample_patches(
         probe = features(images[:1])
     _, c, h, w = probe.shape
     img, ys, xs = sample_positions(len(images), h, w, patch, stride, n, rng)
+    if rows is not None:
+        img, ys, xs = img[rows], ys[rows], xs[rows]
+    n_all, n = n, len(img)
     out = np.empty((n, c * patch * patch), dtype=np.float32)
     needed = np.unique(img)
     # Batches over the images that own at least one sample; positions are sorted by image.
@@ -99,7 +106,7 @@ def sample_patches(
         out[lo:hi] = win.float().cpu().numpy()
         progress("patches", bi + 1, n_batches)
     stats = {
-        "n_patches": n,
+        "n_patches": n_all,
         "patch_size": patch,
         "stride": stride,
         "feature_shape": [int(c), int(h), int(w)],

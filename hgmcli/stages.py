@@ -227,7 +227,7 @@ def cluster(
     import numpy as np
     import torch
 
-    from . import data, kmeans
+    from . import data, dist, kmeans
     from .device import resolve_device
     from .patches import sample_patches
 
@@ -235,7 +235,7 @@ def cluster(
     if reuse and (hit := reuse_existing(out, "cluster", record, seed, {"data": data.data_path(data_cfg), "model": model})):
         return hit
     artifacts.ensure_writable(out)
-    dev = resolve_device(device)
+    dev = resolve_device(dist.init_from_env(device))  # under torchrun: join the group, shard the patches
     t0 = time.perf_counter()
     ds = data.load_dataset(data_cfg, "train", seed=seed)
     norm = data.normalization(data_cfg, ds) if model is None else None
@@ -260,7 +260,7 @@ def cluster(
 
     patches, pstats = sample_patches(
         source, rcfg.patches, rcfg.patch_size, rcfg.stride, features,
-        rng=rng, batch_size=rcfg.batch_size, progress=progress,
+        rng=rng, batch_size=rcfg.batch_size, rows=kmeans.shard_for_rank(rcfg.patches), progress=progress,
     )
     t_patches = time.perf_counter() - t0
     x = kmeans.normalize_rows(patches, center=rcfg.center)
@@ -291,7 +291,8 @@ def cluster(
         n_blocks=len(net.blocks),
         center=rcfg.center,
     )
-    artifacts.save_npz(out, {"centroids": centroids, "sizes": result.sizes.astype(np.int64)}, meta)
+    if dist.is_main():
+        artifacts.save_npz(out, {"centroids": centroids, "sizes": result.sizes.astype(np.int64)}, meta)
     final_obj = result.objective[-1] if result.objective else float("nan")
     summary = [
         ("k", str(rcfg.k)),
@@ -351,7 +352,7 @@ def train_layer(
     """Build Conv(centroids)-ReLU(b)-Pool, train its 1x1 conv (§4.1/§6), append the block."""
     import torch
 
-    from . import data, train
+    from . import data, dist, train
     from .device import resolve_device
     from .network import Block, ClusterConv, check_centroids_fit, save_network
 
@@ -360,7 +361,7 @@ def train_layer(
     if reuse and (hit := reuse_existing(out, "train-layer", record, seed, inputs)):
         return hit
     artifacts.ensure_writable(out)
-    dev = resolve_device(device)
+    dev = resolve_device(dist.init_from_env(device))  # under torchrun: DDP on the 1x1 conv
     t0 = time.perf_counter()
     cents, cmeta = load_centroids(centroids)
     ds = data.load_dataset(data_cfg, "train", seed=seed)
@@ -425,7 +426,8 @@ def train_layer(
         stats=artifacts.to_jsonable(stats), resolved=to_dict(rcfg), output_shape=out_shape,
         label_names=ds.label_names,
     )
-    save_network(out, net, meta, blocks_info)
+    if dist.is_main():
+        save_network(out, net, meta, blocks_info)
     val_acc = [v for v in tstats.get("val_accuracy", []) or [] if v is not None]
     summary = [
         ("block", f"{len(net.blocks)}: conv {cents.shape[2]}x{cents.shape[2]} ({cents.shape[0]} centroids, stride {rcfg.stride}) "

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dist
 from .config import TrainConfig, parse_size
 from .errors import TrainingError
 from .network import uniform_sphere_rows
@@ -92,14 +93,17 @@ class FrozenFeatures:
         self.cache_dtype = torch.uint8 if use_uint8 else torch.float16
         self.scale = (value_max / 255.0) if use_uint8 else 1.0
         self.cache_bytes = per_item * len(images) * (1 if use_uint8 else 2)
-        self.cached = self.cache_bytes <= budget
+        self.cached = dist.agree(self.cache_bytes <= budget)  # ranks must take the same branch
         self.cache: torch.Tensor | None = None
         if self.cached:
             self.cache = torch.empty((len(images), *self.shape), dtype=self.cache_dtype)
-            n_batches = math.ceil(len(images) / batch_size)
-            for i, (start, feats) in enumerate(self._compute(np.arange(len(images)))):
-                self.cache[start : start + len(feats)] = self._encode(feats).cpu()
+            part = dist.shard(len(images))  # under torchrun each rank computes its share, then all swap
+            rows = np.arange(part.start, part.stop)
+            n_batches = math.ceil(len(rows) / batch_size)
+            for i, (start, feats) in enumerate(self._compute(rows)):
+                self.cache[part.start + start : part.start + start + len(feats)] = self._encode(feats).cpu()
                 progress(label, i + 1, n_batches)
+            dist.share_rows(self.cache)
 
     @classmethod
     def from_tensor(cls, cache: torch.Tensor, device: torch.device) -> FrozenFeatures:
@@ -218,9 +222,15 @@ def train_adam(
         head.bias.copy_((torch.rand(head.bias.shape, generator=gen) * 2 - 1) * hb)
     proj.to(device)
     head.to(device)
+    net = nn.Sequential(proj, nn.Flatten(), head)
+    if dist.active():  # DDP wraps only the layer being trained (and its temporary head)
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in (*proj.parameters(), *head.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     y_t = torch.as_tensor(y, dtype=torch.long)
+    world, rank = dist.world(), dist.rank()
 
     n = len(feats)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -230,22 +240,30 @@ def train_adam(
     step = 0
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        order = rng.permutation(n)
+        order = rng.permutation(n)  # the same on every rank
         loss_sum, correct, seen = 0.0, 0, 0
-        for idx, x in feats.batches(order, cfg.batch_size):
+        for start in range(0, n, cfg.batch_size):
             if step >= total_steps:
                 break
+            batch = order[start : start + cfg.batch_size]
+            # Under torchrun each rank takes every world-th example of the global batch; scaling
+            # its summed loss by world/|batch| makes DDP's averaged gradient the global mean.
+            local = batch[rank::world]
+            if len(local):
+                idx, x = next(feats.batches(local, len(local)))
+            else:  # a last batch smaller than the world: this rank contributes nothing
+                idx, x = local, torch.zeros((0, *feats.shape), device=device)
             target = y_t[torch.from_numpy(idx)].to(device)
-            logits = head(proj(x).flatten(1))
-            loss = F.cross_entropy(logits, target)
+            logits = net(x)
+            loss = F.cross_entropy(logits, target, reduction="sum") * (world / len(batch))
             _check_finite(loss, epoch, step + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            loss_sum += loss.item() * len(idx)
-            correct += _accuracy(logits.detach(), target)
-            seen += len(idx)
+            loss_sum += loss.item() * len(batch) / world
+            correct += _accuracy(logits.detach(), target) * world  # this rank's share, scaled (exact when world = 1)
+            seen += len(batch)
             progress(f"epoch {epoch}/{epochs}", seen, n, loss=loss_sum / seen, acc=correct / seen)
         record = {"epoch": epoch, "steps": step, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
         if val is not None and y_val is not None and len(val) > 0:
@@ -325,11 +343,14 @@ def train_tlgd(
     K = uniform_sphere_rows(k, n, cfg.sigma / (2 * math.sqrt(n)), gen).to(device)
     t0 = time.perf_counter()
     grad = torch.zeros(k, n, device=device)
+    part = dist.shard(len(feats))  # under torchrun: each rank sums its share, then all-reduce
+    rows = np.arange(part.start, part.stop)
     seen = 0
-    for idx, x in feats.batches(np.arange(len(feats)), max(cfg.batch_size, 256)):
+    for idx, x in feats.batches(rows, max(cfg.batch_size, 256)):
         grad += tlgd_gradient(x, ys[torch.from_numpy(idx)].to(device), W)
         seen += len(idx)
-        progress("TLGD gradient", seen, len(feats))
+        progress("TLGD gradient", seen, len(rows))
+    dist.all_reduce_(grad)
     grad /= len(feats)
     losses = []
     for t in range(cfg.iterations):
