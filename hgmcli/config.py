@@ -37,12 +37,16 @@ class GenerateConfig:
     depth: int = 3  # d: number of refinement steps; images are m0*s^d pixels wide
     patch_size: int = 2  # s: each pixel of level i becomes an s x s patch at level i+1
     m0: int = 4  # top semantic image is m0 x m0
-    classes: list[int] = field(default_factory=lambda: [4])  # |C_0|..|C_{d-1}|, or one value for all
-    k: int = 8  # patches per semantic class (|S_c| = k)
+    # The defaults are configs/synthetic.yaml's model: a linear classifier on its raw pixels
+    # stays near chance (0.53-0.68 measured) while Algorithm 1 recovers every level exactly.
+    classes: list[int] = field(default_factory=lambda: [2])  # |C_0|..|C_{d-1}|, or one value for all
+    k: int = 5  # patches per semantic class (|S_c| = k)
     labels: int = 2  # number of label classes L (the paper: 2, y in {-1,+1})
+    margin: float = 1.0  # D_y keeps X(0) whose score margin is >= this many std of the score
+    # differences (G0 linearly separable with that margin); larger: stronger label signal per class
     orthonormal: bool = False  # §4: final-level patches orthonormal (needs s^2 >= k*|C_{d-1}|)
     noise: float = 0.0  # std of Gaussian pixel noise added to the observed image
-    n_train: int = 4000  # training examples
+    n_train: int = 40000  # training examples (TLGD's gradient is an empirical mean: it needs many)
     n_test: int = 2000  # test examples
 
 

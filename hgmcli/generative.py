@@ -34,7 +34,7 @@ every label, ``s_l(X) = <W_l, onehot(X)>``. ``D_y`` is the uniform
 distribution over the semantic images with
 ``s_y(X) - max_{l != y} s_l(X) >= margin``, sampled by rejection from the
 uniform distribution over ``C0^{m0 x m0}`` (vectorised, in batches). The
-margin is ``MARGIN_FRACTION`` (0.25) times the mean standard deviation of the
+margin is ``margin`` (config, default 0.25) times the mean standard deviation of the
 pairwise score differences ``s_a - s_b`` under uniform ``X``; for two labels
 about 80 % of the uniform draws are accepted (40 % per label). With two
 labels, ``(W_1 - W_0) / margin`` is a separator with ``y <W, X> >= 1``
@@ -235,6 +235,8 @@ def _check_common(cfg: GenerateConfig) -> None:
         raise ConfigError(f"--n-test must be >= 0, got {cfg.n_test}")
     if not (cfg.noise >= 0 and math.isfinite(cfg.noise)):
         raise ConfigError(f"--noise must be a finite number >= 0, got {cfg.noise}")
+    if not (cfg.margin >= 0 and math.isfinite(cfg.margin)):
+        raise ConfigError(f"--margin must be a finite number >= 0, got {cfg.margin}")
 
 
 def _pow_at_least(base: int, exp: int, target: int) -> bool:
@@ -328,14 +330,14 @@ def _real_patches(n_classes: int, k: int, s: int, orthonormal: bool, rng: np.ran
     return rng.random((n_classes, k, s, s), dtype=np.float64).astype(np.float32)
 
 
-def _top_margin(weights: np.ndarray) -> float:
-    """MARGIN_FRACTION x the mean std of ``s_a - s_b`` (a != b) under uniform X(0)."""
+def _top_margin(weights: np.ndarray, fraction: float = MARGIN_FRACTION) -> float:
+    """``fraction`` x the mean std of ``s_a - s_b`` (a != b) under uniform X(0)."""
     w = weights.astype(np.float64).reshape(weights.shape[0], weights.shape[1], -1)  # (L, C0, P)
     stds = []
     for a in range(w.shape[0]):
         for b in range(a + 1, w.shape[0]):
             stds.append(math.sqrt(float((w[a] - w[b]).var(axis=0).sum())))  # sum over positions
-    return MARGIN_FRACTION * float(np.mean(stds))
+    return fraction * float(np.mean(stds))
 
 
 def build_model(cfg: GenerateConfig, rng: np.random.Generator) -> HierarchicalModel:
@@ -353,7 +355,7 @@ def build_model(cfg: GenerateConfig, rng: np.random.Generator) -> HierarchicalMo
     # Centre over the classes at each position: a label's score then has mean 0 under uniform
     # X(0), so no label is favoured a priori (without this, small C0/m0 left one label empty).
     weights = (weights - weights.mean(axis=1, keepdims=True)).astype(np.float32)
-    top = {"label_weights": weights, "margin": np.array(_top_margin(weights), dtype=np.float32)}
+    top = {"label_weights": weights, "margin": np.array(_top_margin(weights, cfg.margin), dtype=np.float32)}
     return HierarchicalModel(
         "hierarchical", d, s, cfg.m0, classes, k, cfg.labels, bool(cfg.orthonormal), float(cfg.noise),
         patch_sets, top, _default_label_names("hierarchical", cfg.labels),
@@ -484,9 +486,9 @@ def generate(cfg: GenerateConfig, seed: int) -> tuple[HierarchicalModel, dict[st
         for key, a in data.items():
             if key in ("x", "y"):
                 arrays[f"{key}_{split}"] = a
-            else:
+            else:  # stored compactly: ids fit int16 for any model this generator accepts
                 kind, level = key.rsplit("_", 1)
-                arrays[f"{kind}_{split}_{level}"] = a
+                arrays[f"{kind}_{split}_{level}"] = a.astype(np.int16 if a.max(initial=0) < 2**15 else np.int32)
         stats[f"label_counts_{split}"] = np.bincount(data["y"], minlength=model.labels).tolist()
     if model.kind == "hierarchical":
         stats["top_margin"] = float(model.top["margin"])

@@ -222,15 +222,16 @@ def test_digit_glyphs_readable():
         (dict(labels=1), "--labels must be >= 2, got 1"),
         (dict(classes=[4, 0, 4]), "--classes values must be >= 1, got 0"),
         (dict(classes=[4, 4]), "--classes needs 1 value or 3 (one per level 0..2), got 2"),
+        (dict(margin=-1.0), "--margin must be a finite number >= 0, got -1.0"),
         (dict(n_train=0), "--n-train must be >= 1, got 0"),
         (dict(n_test=-1), "--n-test must be >= 0, got -1"),
         (dict(noise=-0.5), "--noise must be a finite number >= 0, got -0.5"),
         (
-            dict(patch_size=1, orthonormal=True),
+            dict(patch_size=1, orthonormal=True, k=8, classes=[4]),
             "--orthonormal needs patch_size² ≥ k·|C_2| (1 < 8·4): raise --patch-size or lower --k/--classes",
         ),
         (
-            dict(depth=1, patch_size=1, orthonormal=True),
+            dict(depth=1, patch_size=1, orthonormal=True, k=8, classes=[4]),
             "--orthonormal needs patch_size² ≥ k·|C_0| (1 < 8·4): raise --patch-size or lower --k/--classes",
         ),
         (
