@@ -52,7 +52,7 @@ def main() -> None:
         cfg = load_config(PipelineConfig, args.config, [f"seed={seed}"])
         run = Path(args.out) / f"seed{seed}"
         t0 = time.perf_counter()
-        m, _ = run_pipeline(cfg, run)
+        m, _ = run_pipeline(cfg, run, force=True)  # fresh runs: the times are the real ones
         seconds = time.perf_counter() - t0
         data_cfg = load_config(PipelineConfig, args.config, [f"data.root={run / 'data.npz'}"]).data
         raw = linear_on_raw(data_cfg, run, seed)

@@ -9,6 +9,17 @@ from .errors import HgmError
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``name``; on CUDA also allows TF32 in convolutions and
+    matmuls (features and 1x1 training tolerate it; k-means switches it off
+    inside its own calls, where float32 distances matter)."""
+    dev = _resolve(name)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def _resolve(name: str | torch.device) -> torch.device:
     if isinstance(name, torch.device):
         return name
     if name == "auto":

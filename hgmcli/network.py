@@ -262,22 +262,6 @@ class Network(nn.Module):
         return nn.Sequential(*mods)
 
 
-# --------------------------------------------------------------------------- running
-
-
-def run_batches(
-    fn, images: np.ndarray, batch_size: int, device: torch.device, out_dtype: torch.dtype | None = None
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (start, fn(batch on device)) over ``images`` in order, under no_grad."""
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            if device.type == "cuda":
-                batch = batch.pin_memory().to(device, non_blocking=True)
-            out = fn(batch)
-            yield start, out if out_dtype is None else out.to(out_dtype)
-
-
 # --------------------------------------------------------------------------- save / load
 
 
@@ -384,7 +368,6 @@ __all__ = [
     "block_from_spec",
     "empty_network",
     "load_network",
-    "run_batches",
     "save_network",
     "uniform_sphere_rows",
 ]

@@ -205,6 +205,17 @@ def network_outputs(net, model, ds, dev, batch_size: int, progress: Progress, la
     return feats
 
 
+def _device_stats(dev) -> dict:
+    """Device facts for a stage's stats: the device, and peak GPU memory on CUDA."""
+    import torch
+
+    out = {"device": str(dev)}
+    if dev.type == "cuda":
+        out["gpu_name"] = torch.cuda.get_device_name(dev)
+        out["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+    return out
+
+
 def _stage_config(**sections) -> dict:
     return {name: to_dict(cfg) for name, cfg in sections.items()}
 
@@ -273,6 +284,7 @@ def cluster(
     centroids = result.centroids.reshape(rcfg.k, c_in, rcfg.patch_size, rcfg.patch_size).astype(np.float32)
     stats = {
         **result.stats,
+        **{k: v for k, v in _device_stats(dev).items() if k != "device"},
         "patches": pstats,
         "objective": result.objective,
         "sizes": result.sizes,
@@ -413,7 +425,7 @@ def train_layer(
     net = net.cpu()
     net.blocks.append(new_block)
     out_shape = net.output_shape()
-    stats = {**tstats, "output_shape": out_shape, "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {**tstats, **_device_stats(dev), "output_shape": out_shape, "seconds": round(time.perf_counter() - t0, 3)}
     info = {
         "mode": rcfg.mode, "k": int(cents.shape[0]), "n": new_block.out_channels, "patch_size": int(cents.shape[2]),
         "stride": rcfg.stride, "padding": rcfg.padding, "pool": rcfg.pool, "activation": rcfg.activation, "bias": rcfg.bias,
@@ -500,7 +512,8 @@ def fit_svm(
         res = classify.fit_adam(feats, ds.labels, n_classes, cfg, seed=seed, val=vfeats, y_val=y_val, progress=progress)
     train_acc = classify.accuracy(res.head, feats, ds.labels)
     in_shape = list(feats.shape)
-    stats = {**res.stats, "train_accuracy": train_acc, "curve": res.curve, "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {**res.stats, **_device_stats(dev), "train_accuracy": train_acc, "curve": res.curve,
+             "seconds": round(time.perf_counter() - t0, 3)}
     payload = {
         "kind": cfg.classifier,
         "dims": classify.head_spec(res.head),
@@ -713,7 +726,7 @@ def baseline(
         ds, ds_val, norm, arch=arch, head=head, cfg=cfg, seed=seed, device=dev,
         memory_budget=train.memory_budget(None), progress=progress,
     )
-    stats = {**bstats, "curve": curve, "device": str(dev), "seconds": round(time.perf_counter() - t0, 3)}
+    stats = {**bstats, **_device_stats(dev), "curve": curve, "seconds": round(time.perf_counter() - t0, 3)}
     payload = baselines.baseline_payload(net, clf, head, curve, ds.label_names, arch=arch)
     meta = artifacts.make_meta(
         "classifier", "baseline", record, seed=seed, inputs={"data": ds.path}, stats=artifacts.to_jsonable(stats),

@@ -96,13 +96,15 @@ class FrozenFeatures:
         self.cached = dist.agree(self.cache_bytes <= budget)  # ranks must take the same branch
         self.cache: torch.Tensor | None = None
         if self.cached:
-            self.cache = torch.empty((len(images), *self.shape), dtype=self.cache_dtype)
+            self.cache = torch.empty((len(images), *self.shape), dtype=self.cache_dtype, device=self._cache_device())
             part = dist.shard(len(images))  # under torchrun each rank computes its share, then all swap
             rows = np.arange(part.start, part.stop)
             n_batches = math.ceil(len(rows) / batch_size)
             for i, (start, feats) in enumerate(self._compute(rows)):
-                self.cache[part.start + start : part.start + start + len(feats)] = self._encode(feats).cpu()
+                self.cache[part.start + start : part.start + start + len(feats)] = self._encode(feats).to(self.cache.device)
                 progress(label, i + 1, n_batches)
+            if self.device.type == "cuda" and self.cache.device.type == "cpu":
+                self.cache = self.cache.pin_memory()  # batches then copy asynchronously
             dist.share_rows(self.cache)
 
     @classmethod
@@ -117,6 +119,15 @@ class FrozenFeatures:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _cache_device(self) -> torch.device:
+        """On a GPU, keep the cache on the GPU when it fits in half of its free memory
+        (no host-to-device copy per batch); otherwise in pinned host memory."""
+        if self.device.type != "cuda":
+            return torch.device("cpu")
+        if not dist.active() and self.cache_bytes <= 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            return self.device
+        return torch.device("cpu")
 
     def _encode(self, f: torch.Tensor) -> torch.Tensor:
         if self.cache_dtype == torch.uint8:
@@ -140,7 +151,7 @@ class FrozenFeatures:
         if self.cache is not None:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                yield idx, self._decode(self.cache[torch.from_numpy(idx)])
+                yield idx, self._decode(self.cache[torch.from_numpy(idx).to(self.cache.device)])
         else:
             saved = self.batch_size
             self.batch_size = batch_size
