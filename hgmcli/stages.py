@@ -420,7 +420,6 @@ def train_layer(
             res = train.train_adam(feats, ds.labels, vfeats, y_val, n_classes, rcfg, seed=seed, device=dev, progress=progress)
         proj = res.proj
         tstats = {**res.stats, "features": feats.stats()}
-        del feats, vfeats
     new_block = Block(cluster_conv.cpu(), rcfg.pool, rcfg.pool_size, proj)
     net = net.cpu()
     net.blocks.append(new_block)
@@ -440,6 +439,9 @@ def train_layer(
     )
     if dist.is_main():
         save_network(out, net, meta, blocks_info)
+    if rcfg.mode != "none":
+        _keep_outputs(out, [(ds, feats), (ds_val, vfeats)], proj, budget, dev)
+        del feats, vfeats
     val_acc = [v for v in tstats.get("val_accuracy", []) or [] if v is not None]
     summary = [
         ("block", f"{len(net.blocks)}: conv {cents.shape[2]}x{cents.shape[2]} ({cents.shape[0]} centroids, stride {rcfg.stride}) "
@@ -451,6 +453,33 @@ def train_layer(
         ("written", str(out)),
     ]
     return StageResult("train-layer", {"model": Path(out)}, stats, summary)
+
+
+def _keep_outputs(out, splits, proj, budget: int, dev) -> None:
+    """Leave net(x) of the network just written in the process cache, for the
+    stages that follow (next cluster, fit-svm, evaluate): the 1x1 conv applied
+    to the frozen features still in memory — a cheap pass instead of the
+    whole network again. Only when every split is cached, everything fits the
+    stage's memory budget, and this process wrote the file (rank 0)."""
+    import numpy as np
+    import torch
+
+    splits = [(d, f) for d, f in splits if d is not None]
+    if not Path(out).exists() or any(f.cache is None for _, f in splits):
+        return
+    n = proj.shape[0]
+    outputs_bytes = sum(len(f) * n * int(np.prod(f.shape[1:])) * 2 for _, f in splits)
+    if sum(f.cache_bytes for _, f in splits) + outputs_bytes > budget:
+        return
+    key_hash = artifacts.file_hash(out)
+    for old in [k for k in _OUTPUTS if k[0] != key_hash]:
+        del _OUTPUTS[old]
+    w = proj.to(dev).reshape(n, -1)
+    for ds_split, feats in splits:
+        outs = torch.empty((len(feats), n, *feats.shape[1:]), dtype=torch.float16)
+        for idx, x in feats.batches(np.arange(len(feats)), 512):
+            outs[torch.from_numpy(idx)] = torch.einsum("nk,bkhw->bnhw", w, x).to(torch.float16).cpu()
+        _OUTPUTS[(key_hash, str(ds_split.path), ds_split.split, len(ds_split))] = outs
 
 
 def _features_summary(f: dict | None) -> str:
