@@ -92,3 +92,79 @@ def test_no_data_given(tmp_path, monkeypatch):
     monkeypatch.delenv("HGM_DATA", raising=False)
     r = run("cluster", "--out", tmp_path / "c.npz")
     assert r.exit_code == 1 and r.stderr.strip() == "Error: no data given: pass --data or set HGM_DATA"
+
+
+def _npz(path, x, y):
+    import numpy as np
+
+    np.savez(path, x_train=x, y_train=y, x_test=x[:4], y_test=y[:4])
+    return path
+
+
+def test_cluster_input_errors_are_one_line(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    y = np.arange(20) % 2
+    data = _npz(tmp_path / "d.npz", x, y)
+    r = run("cluster", "--data", data, "--k", 500, "--patches", 100, "--val-size", 0, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 1 and r.stderr.strip() == "Error: k=500 is larger than the number of patches (100)"
+    x[3, 0, 2, 2] = np.nan
+    bad = _npz(tmp_path / "nan.npz", x, y)
+    r = run("cluster", "--data", bad, "--patches", 100, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "NaN" in r.stderr and r.stderr.count("\n") == 1
+    empty = tmp_path / "images"
+    (empty / "cat").mkdir(parents=True)
+    r = run("cluster", "--data", empty, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_missing_test_batch_is_one_line(tmp_path, cifar):
+    r = run("evaluate", "--data", cifar, "--split", "test", "--classifier", tmp_path / "none.pt")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ")
+
+
+def test_train_layer_refuses_centroids_of_the_wrong_width(tmp_path):
+    import numpy as np
+
+    from hgmcli import artifacts
+
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    data = _npz(tmp_path / "d.npz", x, np.arange(20) % 2)
+    c = tmp_path / "c.npz"
+    artifacts.save_npz(c, {"centroids": np.ones((4, 3, 3, 3), np.float32)},
+                       artifacts.make_meta("centroids", "cluster", {}, preprocess={"scale": 1.0, "mean": [0.0], "std": [1.0]}))
+    r = run("train-layer", "--data", data, "--centroids", c, "--out", tmp_path / "n.pt")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"Error: {c}: centroids have 3 channels but the network outputs 1; cluster the output of this network (--model)"
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_train_layer_refuses_a_network_of_another_format_version(tmp_path):
+    import numpy as np
+
+    from hgmcli import artifacts
+
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    data = _npz(tmp_path / "d.npz", x, np.arange(20) % 2)
+    meta = artifacts.make_meta("network", "train-layer", {})
+    meta["format_version"] = 0
+    net = tmp_path / "old.pt"
+    artifacts.save_pt(net, {"blocks": []}, meta)
+    r = run("cluster", "--data", data, "--model", net, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 1 and r.stderr.strip().startswith(f"Error: {net} has format version 0; this hgm")
+
+
+def test_nan_loss_stops_with_the_step_and_writes_nothing(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    data = _npz(tmp_path / "d.npz", x, np.arange(64) % 2)
+    assert run("cluster", "--data", data, "--k", 8, "--patches", 500, "--patch-size", 3, "--stride", 1,
+               "--out", tmp_path / "c.npz").exit_code == 0
+    r = run("train-layer", "--data", data, "--centroids", tmp_path / "c.npz", "--activation", "relu", "--lr", "1e30",
+            "--batch-size", 16, "--out", tmp_path / "n.pt")
+    assert r.exit_code == 1
+    assert r.stderr.startswith("Error: loss became nan at epoch 1, step ") and r.stderr.strip().endswith("lower --lr")
+    assert not (tmp_path / "n.pt").exists()
