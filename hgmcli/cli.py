@@ -207,6 +207,7 @@ def generate_cmd(
     ] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Patches per semantic class.")] = None,
     labels: Annotated[Optional[int], typer.Option(help="Number of label classes.")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="D_y's score margin, in std of the label-score difference.")] = None,
     orthonormal: Annotated[
         Optional[bool], typer.Option("--orthonormal/--no-orthonormal", help="Orthonormal final-level patches (§4).")
     ] = None,
@@ -238,7 +239,7 @@ def generate_cmd(
     pcfg = _pipeline_config(config, set_)
     options = dict(
         model=model, depth=depth, patch_size=patch_size, m0=m0, classes=class_list, k=k, labels=labels,
-        orthonormal=orthonormal, noise=noise, n_train=n_train, n_test=n_test,
+        margin=margin, orthonormal=orthonormal, noise=noise, n_train=n_train, n_test=n_test,
     )
     cfg = with_options(pcfg.generate or GenerateConfig(), options, "generate")
     with progress_bar() as report:

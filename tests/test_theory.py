@@ -78,7 +78,7 @@ def test_corollary_1_gd_step_keeps_same_class_differences():
     of X(0) equals the gradient on E[X | X(0)] (each patch replaced by the mean
     of its class's patch set)."""
     model, arrays = two_level(300)
-    z = torch.from_numpy(arrays["latent_train_0"])  # (N, m0, m0)
+    z = torch.from_numpy(arrays["latent_train_0"]).long()  # (N, m0, m0)
     means = torch.from_numpy(patch_vectors(model).reshape(C0, K, -1).mean(1))  # (C0, s*s)
     x_bar = means[z].permute(0, 3, 1, 2)  # (N, s*s, m0, m0)
     y = train.signed_labels(arrays["y_train"])
@@ -105,3 +105,55 @@ def test_theorem_1_tlgd_separates_semantic_classes(seed):
     assert d[same].max() < d[~same].min()  # Theorem 1, parts 1 and 2
     labels = KMeans(C0, n_init=10, random_state=0).fit_predict(emb)
     assert adjusted_rand_score(cls, labels) == 1.0  # a trivial clustering recovers X(0)'s classes
+
+
+def test_hgm_cluster_gives_every_distinct_orthonormal_patch_its_own_cluster(tmp_path):
+    """§5.1 / Lemma 7 base case: k-means++ with k = |S| on the observed patches of an
+    orthonormal model is an orthonormal patch mapping (one cluster per distinct patch)."""
+    from hgmcli import artifacts, stages
+    from hgmcli.config import ClusterConfig, DataConfig
+
+    cfg = GenerateConfig(depth=2, patch_size=4, m0=3, classes=[3, 3], k=4, orthonormal=True, n_train=600, n_test=50)
+    stages.generate(cfg, out=tmp_path / "d.npz", seed=0)
+    res = stages.cluster(DataConfig(root=str(tmp_path / "d.npz")), ClusterConfig(patches=20000),
+                         out=tmp_path / "c.npz", seed=0, device="cpu")
+    assert res.stats["k"] == 4 * 3  # Theorem 2's k·|C_{d-1}|, filled in from the data
+    arrays, _ = artifacts.load_npz(tmp_path / "d.npz")
+    cents = np.load(tmp_path / "c.npz")["centroids"].reshape(12, -1)
+    patches = im2col_any(arrays["x_train"][:200], 4).reshape(-1, 16)
+    truth = arrays["patch_train_2"][:200].reshape(-1)
+    assign = (patches @ cents.T).argmax(1)
+    assert adjusted_rand_score(truth, assign) == 1.0
+
+
+def im2col_any(x, s):
+    n, _, h, w = x.shape
+    return x.reshape(n, h // s, s, w // s, s).transpose(0, 1, 3, 2, 4).reshape(n, -1, s * s)
+
+
+def test_jl_variant_trains_no_1x1_parameter():
+    """§6 Clustering+JL: the 1x1 conv is a random Gaussian projection; only the temporary head learns."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((64, 6, 3, 3), dtype=np.float32))
+    y = np.arange(64) % 2
+    cfg = TrainConfig(mode="jl", n=4, epochs=2, batch_size=16)
+    a = train.train_adam(Tensors(x), y, None, None, 2, cfg, seed=3, device=torch.device("cpu"))
+    b = train.train_adam(Tensors(x), y, None, None, 2, TrainConfig(mode="jl", n=4, epochs=0, batch_size=16),
+                         seed=3, device=torch.device("cpu"))
+    torch.testing.assert_close(a.proj, b.proj, atol=0, rtol=0)  # after training == at initialisation
+    adam = train.train_adam(Tensors(x), y, None, None, 2, TrainConfig(mode="adam-ce", n=4, epochs=2, batch_size=16),
+                            seed=3, device=torch.device("cpu"))
+    assert not torch.equal(adam.proj, b.proj)
+
+
+def test_device_selection():
+    from hgmcli.device import resolve_device
+    from hgmcli.errors import HgmError
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(HgmError, match="--device cuda: no CUDA device is available"):
+            resolve_device("cuda")
+    with pytest.raises(HgmError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
