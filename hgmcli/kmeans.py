@@ -290,13 +290,14 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress, trials: int = 1):
                 pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
             picks.append(fetch(pick))
         cands = torch.stack([c for c, _ in picks])  # (L, d)
+        # One pass: D² of every point to every candidate, kept per chunk (N·L floats) so the
+        # chosen candidate's column updates the running D² without a second pass.
+        d2s = [d2_of(x[start : start + chunk], cands) for start in range(0, n, chunk)]
         best = 0
         if len(picks) > 1:  # greedy: the candidate with the lowest potential after adding it
             pot = torch.zeros(len(picks), dtype=torch.float64, device=x.device)
-            for start in range(0, n, chunk):
-                pot += torch.minimum(dmin[start : start + chunk, None], d2_of(x[start : start + chunk], cands)).sum(
-                    0, dtype=torch.float64
-                )
+            for j, start in enumerate(range(0, n, chunk)):
+                pot += torch.minimum(dmin[start : start + chunk, None], d2s[j]).sum(0, dtype=torch.float64)
             comm.all_reduce_(pot)
             best = int(torch.argmin(pot))  # first on ties: the same on every rank
         c, gidx = cands[best], picks[best][1]
@@ -307,7 +308,7 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress, trials: int = 1):
             dmin[local] = 0.0
         for j, start in enumerate(range(0, n, chunk)):
             dm = dmin[start : start + chunk]
-            torch.minimum(dm, d2_of(x[start : start + chunk], c[None])[:, 0], out=dm)
+            torch.minimum(dm, d2s[j][:, best], out=dm)
             totals[j] = dm.sum(dtype=torch.float64)
         if (i + 1) % report_every == 0 or i + 1 == k:
             progress("k-means++", i + 1, k)

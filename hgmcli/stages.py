@@ -413,6 +413,8 @@ def train_layer(
 
         feats = frozen_features(ds, share, "train")
         vfeats = frozen_features(ds_val, 1 - share, "val") if ds_val is not None else None
+        if feats.cached and (vfeats is None or vfeats.cached):
+            _OUTPUTS.clear()  # the input network's outputs are in the caches now: free them before training
         y_val = ds_val.labels if ds_val is not None else None
         if rcfg.mode == "gd-linear":
             res = train.train_tlgd(feats, ds.labels, vfeats, y_val, rcfg, seed=seed, device=dev, progress=progress)
