@@ -5,6 +5,7 @@
 #   mkdir -p .gpu-data && cp ../shared/data/cifar10-train-jpeg.tar.gz .gpu-data/    # here (16 MB)
 #   bash benchmarks/gpu.sh                 # on the GPU machine (the device tool: carry .gpu-data)
 #   QUICK=1 DEVICE=cpu bash benchmarks/gpu.sh   # tiny sizes, to try the script on a CPU first
+#   PARTS="kmeans cifar" bash benchmarks/gpu.sh  # a subset (one device call is at most 10 min)
 #
 # It measures, in one go and on one GPU:
 #   1. `hgm cluster` on 5,000,000 CIFAR-10 3x3 patches with k = 4096 (k-means++ seeding
@@ -32,28 +33,34 @@ mkdir -p "$WORK/data"
 [ -d "$WORK/data/train" ] || tar -xzf "$TARBALL" -C "$WORK/data"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true) | tee "$WORK/gpu.txt"
 hgm() { python3 -m hgmcli -q "$@"; }
-t() { local s=$(date +%s.%N); "$@"; echo "$(echo "$(date +%s.%N) - $s" | bc) s: $*" >> "$WORK/times.txt"; }
+t() { local s=$(date +%s%N); "$@"; local e=$(date +%s%N); echo "$(( (e - s) / 1000000 )) ms: $*" >> "$WORK/times.txt"; }
 : > "$WORK/times.txt"
-t hgm cluster --data "$WORK/data" --set data.val_size=10000 --k $K --patches $PATCHES --backend torch \
+PARTS=${PARTS:-kmeans cifar cnn}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+has kmeans && t hgm cluster --data "$WORK/data" --set data.val_size=10000 --k $K --patches $PATCHES --backend torch \
     --device $DEVICE --out "$WORK/kmeans.npz" --json > "$WORK/kmeans.json"
-t hgm pipeline --config configs/cifar.yaml --data "$WORK/data" --set data.val_size=10000 "${SETS[@]}" \
+has cifar && t hgm pipeline --config configs/cifar.yaml --data "$WORK/data" --set data.val_size=10000 "${SETS[@]}" \
     --device $DEVICE --out "$WORK/cifar" --json > "$WORK/cifar.json"
-t hgm baseline --data "$WORK/data" --set data.val_size=10000 ${QUICK:+--limit 2000} --arch cnn --head fc \
+has cnn && t hgm baseline --data "$WORK/data" --set data.val_size=10000 ${QUICK:+--limit 2000} --arch cnn --head fc \
     --iterations $ITERS --eval-every $EVERY --device $DEVICE --out "$WORK/cnn-fc.pt" --json > "$WORK/cnn.json"
 python3 - "$WORK" <<'PY'
-import json, sys
+import json, os, sys
 w = sys.argv[1]
-km = json.load(open(f"{w}/kmeans.json"))["stats"]
-print(f"k-means: N={km['n']:,} d={km['d']} k={km['k']} backend={km['backend']} device={km['device']} "
+have = lambda name: os.path.getsize(f"{w}/{name}.json") > 0 if os.path.exists(f"{w}/{name}.json") else False
+if have("kmeans"):
+  km = json.load(open(f"{w}/kmeans.json"))["stats"]
+  print(f"k-means: N={km['n']:,} d={km['d']} k={km['k']} backend={km['backend']} device={km['device']} "
       f"seed {km['seconds_seed']:.1f} s + Lloyd {km['seconds_lloyd']:.1f} s ({km['iterations']} it), "
       f"peak GPU memory {km.get('gpu_peak_bytes', 0) / 2**30:.2f} GiB, objective {km['objective'][-1]:.4f}")
-m = json.load(open(f"{w}/cifar.json"))
-print(f"cifar.yaml: val accuracy {m['accuracy']:.4f}")
-for s in m["stages"]:
+if have("cifar"):
+  m = json.load(open(f"{w}/cifar.json"))
+  print(f"cifar.yaml: val accuracy {m['accuracy']:.4f}")
+  for s in m["stages"]:
     print(f"  {s['name']:16} {s['seconds']:8.1f} s  {s['figures']}")
-print(f"  total {sum(s['seconds'] for s in m['stages']):.1f} s")
-b = json.load(open(f"{w}/cnn.json"))["stats"]
-print(f"CNN+FC baseline: {b['iterations']} Adam iterations in {b['seconds']:.1f} s, val accuracy {b['curve'][-1][1]:.4f}")
+  print(f"  total {sum(s['seconds'] for s in m['stages']):.1f} s")
+if have("cnn"):
+  b = json.load(open(f"{w}/cnn.json"))["stats"]
+  print(f"CNN+FC baseline: {b['iterations']} Adam iterations in {b['seconds']:.1f} s, val accuracy {b['curve'][-1][1]:.4f}")
 PY
 cat "$WORK/times.txt"
 if [ -n "${OUT:-}" ]; then cp "$WORK"/*.json "$WORK"/times.txt "$WORK"/gpu.txt "$OUT"/ 2>/dev/null || true; fi
