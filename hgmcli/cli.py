@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from . import __version__, stages
+from .artifacts import to_jsonable
 from .config import GenerateConfig, PipelineConfig, load_config, with_options
 from .errors import HgmError
 
@@ -137,7 +138,8 @@ def print_summary(result: stages.StageResult, title: str | None = None) -> None:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    # Stage stats may hold numpy arrays (cluster sizes): the same conversion the artifacts use.
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- shared options

@@ -56,13 +56,18 @@ def is_up_to_date(out: str | Path, stage: str, config: dict, seed: int | None, i
     )
 
 
+OUTPUT_KEYS = {"generate": "data", "cluster": "centroids", "train-layer": "model", "fit-svm": "classifier",
+               "baseline": "classifier"}
+
+
 def reuse_existing(out: str | Path, stage: str, config: dict, seed: int | None, inputs: dict) -> StageResult | None:
     """The finished artifact at ``out`` as a skipped StageResult, if it is up to date."""
     if not is_up_to_date(out, stage, config, seed, inputs):
         return None
     meta = artifacts.load_meta(out)
     stats = dict(meta.get("stats", {}))
-    return StageResult(stage, {"output": Path(out)}, stats, [("cached", f"{out} is up to date")], skipped=True)
+    key = OUTPUT_KEYS.get(stage, "output")  # the same key a fresh run reports (scripts read --json)
+    return StageResult(stage, {key: Path(out)}, stats, [("cached", f"{out} is up to date")], skipped=True)
 
 
 # --------------------------------------------------------------------------- generate

@@ -75,6 +75,19 @@ def test_generate_writes_data_and_json(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temp files left
 
 
+def test_cluster_and_train_layer_json_is_parseable(tmp_path):
+    """--json prints the stage's stats as JSON (numpy arrays such as the cluster sizes included)."""
+    d, c, n = tmp_path / "d.npz", tmp_path / "c.npz", tmp_path / "n.pt"
+    assert run("generate", "--out", d, "--n-train", 200, "--n-test", 20, "--depth", 2).exit_code == 0
+    r = run("cluster", "--data", d, "--patches", 500, "--out", c, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert sum(info["stats"]["sizes"]) == 500 and info["outputs"]["centroids"] == str(c)
+    r = run("train-layer", "--data", d, "--centroids", c, "--mode", "gd-linear", "--out", n, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["outputs"]["model"] == str(n)
+
+
 def test_unknown_set_key_is_named(tmp_path):
     r = run("generate", "--out", tmp_path / "d.npz", "--set", "generate.kk=3")
     assert r.exit_code == 1
