@@ -22,21 +22,23 @@ scikit-learn with ``--big-sklearn``), each in a fresh process so that its peak
 RSS (VmHWM) is its own; a process that only imports and loads the patches
 gives the baseline.
 
-Measured on the 2-core dev box (AMD EPYC, 2 torch/OpenMP threads, faiss-cpu
-1.15.1, scikit-learn 1.9.1; other jobs were running: load average 0.3-1.6,
-so seconds vary by up to 2x between runs; objectives do not):
+Measured 2026-11-28 on the 2-core dev box (AMD EPYC, 2 torch/OpenMP threads,
+faiss-cpu 1.15.1, scikit-learn 1.9.1, hgm's default greedy k-means++; a
+niced background job ran alongside (load average 2.9-4.4), so seconds vary,
+objectives do not):
 
   case                               hgm faiss        hgm torch        scikit-learn
-  (a) 200k x 27,  k=256, 10 it       3.5 s  1.0069    3.3 s  1.0069    11.6 s  0.00960
-  (b) 50k x 576,  k=256, 10 it       6.5 s  1.0037    7.4 s  1.0037    34.6 s  0.00892
-  --big 2M x 27,  k=256, 10 it      27.9 s  1.0008   30.9 s  1.0008    91.6 s  0.00969
-  --big peak RSS (import+data 746 MB) 1,277 MB         1,217 MB         1,163 MB
+  (a) 200k x 27,  k=256, 10 it       2.8 s  1.0069    3.2 s  1.0069    11.5 s  0.00960
+  (b) 50k x 576,  k=256, 10 it       6.8 s  1.0037    6.9 s  1.0037    32.6 s  0.00892
+  --big 2M x 27,  k=256, 10 it      27.3 s  1.0008   31.1 s  1.0008    93.0 s  0.00969
+  --big peak RSS (import+data 883 MB) 1,376 MB         1,384 MB         1,300 MB
 
 (seconds = seeding + Lloyd; hgm columns give the objective relative to
-scikit-learn's, whose column gives the absolute mean cosine distance.) Our
-k-means++ is the paper's plain D² sampling, one memory-bound pass over the
-patches per center (10 s of the 28 s at 2M); scikit-learn's greedy variant
-tries 2 + log k candidates per center, hence its 0.1-0.7 % lower objective.
+scikit-learn's, whose column gives the absolute mean cosine distance.) hgm's
+two backends share their seeds and land on the same objective; scikit-learn's
+Euclidean Lloyd (centroids not re-normalised) ends 0.1-0.7 % lower on these
+unit vectors. At 2M patches the seeding is 10 s of the 27 s (one pass over the
+patches per center, the candidates' distances reused).
 """
 
 from __future__ import annotations
