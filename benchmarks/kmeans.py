@@ -23,7 +23,9 @@ RSS (VmHWM) is its own; a process that only imports and loads the patches
 gives the baseline.
 
 Measured 2026-11-28 on the 2-core dev box (AMD EPYC, 2 torch/OpenMP threads,
-faiss-cpu 1.15.1, scikit-learn 1.9.1, hgm's default greedy k-means++; a
+faiss-cpu 1.15.1, scikit-learn 1.9.1; hgm seeded with spherical_kmeans's
+default, appendix B's plain D^2 k-means++ (hgm cluster defaults to the greedy
+variant, seed_trials = 2 + ln k); a
 niced background job ran alongside (load average 2.9-4.4), so seconds vary,
 objectives do not):
 
@@ -35,9 +37,9 @@ objectives do not):
 
 (seconds = seeding + Lloyd; hgm columns give the objective relative to
 scikit-learn's, whose column gives the absolute mean cosine distance.) hgm's
-two backends share their seeds and land on the same objective; scikit-learn's
-Euclidean Lloyd (centroids not re-normalised) ends 0.1-0.7 % lower on these
-unit vectors. At 2M patches the seeding is 10 s of the 27 s (one pass over the
+two backends share their seeds and land on the same objective; scikit-learn
+(greedy seeding, Euclidean Lloyd with centroids not re-normalised) ends
+0.1-0.7 % lower on these unit vectors. At 2M patches the seeding is 10 s of the 27 s (one pass over the
 patches per center, the candidates' distances reused).
 """
 
