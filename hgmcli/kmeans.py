@@ -505,14 +505,15 @@ def spherical_kmeans(
     seed: int = 0,
     max_points_per_centroid: int | None = None,
     chunk_size: int | None = None,
-    seed_trials: int | None = 1,
+    seed_trials: int | None = None,
     restarts: int = 1,
     progress=no_progress,
 ) -> KMeansResult:
     """KMEANS(S, k): cosine k-means of the rows of x, k-means++ seeded.
 
-    ``seed_trials``: candidates per k-means++ step (1: appendix B's plain D²
-    sampling; None: 2 + ln k, the greedy variant). ``restarts``: independent
+    ``seed_trials``: candidates per k-means++ step (None, the default as in
+    ``hgm cluster``: 2 + ln k, the greedy variant; 1: appendix B's plain D²
+    sampling). ``restarts``: independent
     runs (seeds seed, seed+1, ...); the one with the lowest final objective is
     kept and every run's objective is recorded in ``stats["restart_objectives"]``.
 
@@ -545,7 +546,7 @@ def spherical_kmeans(
         best.stats["seconds_seed"] = round(sum(r.stats["seconds_seed"] for r in runs), 4)
         best.stats["seconds_lloyd"] = round(sum(r.stats["seconds_lloyd"] for r in runs), 4)
         return best
-    trials = seed_trials if seed_trials is not None else 2 + int(np.log(k))
+    trials = seed_trials if seed_trials is not None else 2 + int(np.log(max(k, 1)))  # k < 1 is refused below
     if iterations < 0:
         raise ConfigError(f"iterations must be at least 0, got {iterations}")
     dev = resolve_device(device)

@@ -142,7 +142,7 @@ def test_faiss_backend_prints_nothing(capfd):
 def test_objective_is_non_increasing_and_starts_after_seeding():
     rng = np.random.default_rng(6)
     x, _ = blobs(rng, 30, 6000, 12, 0.4)
-    r = spherical_kmeans(x, 32, iterations=15, backend="torch")
+    r = spherical_kmeans(x, 32, iterations=15, backend="torch", seed_trials=1)  # plain D², as kmeanspp_init
     seeds = x[kmeanspp_init(torch.from_numpy(x), 32, torch.Generator().manual_seed(0)).numpy()]
     assert r.objective[0] == pytest.approx(1 - assign(x, seeds)[1].mean(dtype=np.float64), abs=1e-6)
     assert all(b <= a + 1e-7 for a, b in zip(r.objective, r.objective[1:]))
