@@ -546,7 +546,6 @@ def spherical_kmeans(
         best.stats["seconds_seed"] = round(sum(r.stats["seconds_seed"] for r in runs), 4)
         best.stats["seconds_lloyd"] = round(sum(r.stats["seconds_lloyd"] for r in runs), 4)
         return best
-    trials = seed_trials if seed_trials is not None else 2 + int(np.log(max(k, 1)))  # k < 1 is refused below
     if iterations < 0:
         raise ConfigError(f"iterations must be at least 0, got {iterations}")
     dev = resolve_device(device)
@@ -555,6 +554,7 @@ def spherical_kmeans(
     run_dev = dev if name == "torch" or use_gpu_faiss else torch.device("cpu")
     comm = _Comm()
     offset, n_input = _validate(x, k, comm, run_dev)
+    trials = seed_trials if seed_trials is not None else 2 + int(np.log(k))
 
     xt = normalize_rows(torch.as_tensor(x).to(run_dev, torch.float32))  # (n, d) this rank's shard
     d = xt.shape[1]

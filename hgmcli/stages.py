@@ -56,6 +56,7 @@ def is_up_to_date(out: str | Path, stage: str, config: dict, seed: int | None, i
     )
 
 
+# The key under which each stage reports its artifact (--json "outputs"), fresh or reused.
 OUTPUT_KEYS = {"generate": "data", "cluster": "centroids", "train-layer": "model", "fit-svm": "classifier",
                "baseline": "classifier"}
 
@@ -66,8 +67,7 @@ def reuse_existing(out: str | Path, stage: str, config: dict, seed: int | None, 
         return None
     meta = artifacts.load_meta(out)
     stats = dict(meta.get("stats", {}))
-    key = OUTPUT_KEYS.get(stage, "output")  # the same key a fresh run reports (scripts read --json)
-    return StageResult(stage, {key: Path(out)}, stats, [("cached", f"{out} is up to date")], skipped=True)
+    return StageResult(stage, {OUTPUT_KEYS[stage]: Path(out)}, stats, [("cached", f"{out} is up to date")], skipped=True)
 
 
 # --------------------------------------------------------------------------- generate
@@ -104,7 +104,7 @@ def generate(
         label_names=model.label_names,
     )
     artifacts.save_npz(out, arrays, meta)
-    outputs = {"data": Path(out)}
+    outputs = {OUTPUT_KEYS["generate"]: Path(out)}
     if preview is not None:
         from .preview import write_preview
 
@@ -320,7 +320,7 @@ def cluster(
         ("time", f"{stats['seconds']:.1f} s (patches {t_patches:.1f} s)"),
         ("written", str(out)),
     ]
-    return StageResult("cluster", {"centroids": Path(out)}, stats, summary)
+    return StageResult("cluster", {OUTPUT_KEYS["cluster"]: Path(out)}, stats, summary)
 
 
 def load_centroids(path: str | Path):
@@ -459,7 +459,7 @@ def train_layer(
         ("time", f"{stats['seconds']:.1f} s"),
         ("written", str(out)),
     ]
-    return StageResult("train-layer", {"model": Path(out)}, stats, summary)
+    return StageResult("train-layer", {OUTPUT_KEYS["train-layer"]: Path(out)}, stats, summary)
 
 
 def _keep_outputs(out, splits, proj, budget: int, dev) -> None:
@@ -570,7 +570,7 @@ def fit_svm(
         ("time", f"{stats['seconds']:.1f} s"),
         ("written", str(out)),
     ]
-    return StageResult("fit-svm", {"classifier": Path(out)}, stats, summary)
+    return StageResult("fit-svm", {OUTPUT_KEYS["fit-svm"]: Path(out)}, stats, summary)
 
 
 def load_classifier(path: str | Path):
@@ -775,4 +775,4 @@ def baseline(
         ("time", f"{stats['seconds']:.1f} s"),
         ("written", str(out)),
     ]
-    return StageResult("baseline", {"classifier": Path(out)}, stats, summary)
+    return StageResult("baseline", {OUTPUT_KEYS["baseline"]: Path(out)}, stats, summary)
