@@ -74,7 +74,8 @@ class ClusterConfig:
     stride: int | None = None  # sampling grid; auto: s (non-overlapping, theory), 1 (images)
     center: bool = False  # subtract each patch's mean before L2-normalising
     backend: Literal["auto", "faiss", "torch"] = "auto"  # auto: faiss if importable, else torch
-    init: Literal["kmeans++", "random"] = "kmeans++"  # seeding (appendix B: k-means++)
+    init: Literal["auto", "kmeans++", "kmeans||", "random"] = "kmeans++"  # seeding (appendix B: k-means++);
+    # kmeans||: Bahmani et al.'s scalable k-means++; auto: greedy k-means++ where N*k is small, else kmeans||
     seed_trials: int | None = None  # candidates per k-means++ step; 1: appendix B's plain D^2
     # sampling; None: 2 + ln k, the greedy variant (measured: fewer bad local optima, see kmeans.py)
     restarts: int = 1  # independent k-means runs; the lowest objective is kept
