@@ -30,6 +30,7 @@ import yaml
 
 from . import stages
 from .config import PipelineConfig, to_dict
+from .features import FeatureCache
 from .progress import Progress, no_progress
 
 
@@ -101,6 +102,7 @@ def run_pipeline(
     reuse = not force
     records: list[StageRecord] = []
     common = dict(seed=cfg.seed, progress=progress)
+    cache = FeatureCache()  # network outputs handed from one stage to the next
 
     def record(name: str, result: stages.StageResult, seconds: float) -> None:
         backend, device, figs = _figures(result)
@@ -128,20 +130,21 @@ def run_pipeline(
         net = run / f"layer{i}" / "network.pt"
         prev = model
         timed(f"cluster {i}", lambda: stages.cluster(
-            data_cfg, layer.cluster, out=cents, model=prev, device=cfg.device, reuse=reuse, **common))
+            data_cfg, layer.cluster, out=cents, model=prev, device=cfg.device, reuse=reuse, cache=cache, **common))
         timed(f"train-layer {i}", lambda: stages.train_layer(
-            data_cfg, layer.train, centroids=cents, out=net, model=prev, device=cfg.device, reuse=reuse, **common))
+            data_cfg, layer.train, centroids=cents, out=net, model=prev, device=cfg.device, reuse=reuse, cache=cache,
+            **common))
         model = net
 
     classifier = run / "classifier.pt"
     timed("fit-svm", lambda: stages.fit_svm(
-        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, **common))
+        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, cache=cache, **common))
     result_box: dict = {}
 
     def evaluate() -> stages.StageResult:
         res, metrics = stages.evaluate(
             data_cfg, cfg.evaluate, model=model, classifier=classifier,
-            plot=run / "metrics.png" if cfg.plots else None, device=cfg.device, **common,
+            plot=run / "metrics.png" if cfg.plots else None, device=cfg.device, cache=cache, **common,
         )
         result_box["metrics"] = metrics
         return res
