@@ -179,7 +179,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: di
 
 
 def save_pt(path: str | os.PathLike, payload: Mapping[str, Any], meta: dict) -> Path:
-    """Write a dict of tensors / plain values plus ``meta`` to a ``.pt``, atomically (never over an input in ``meta``)."""
+    """Write a dict of tensors / plain values plus ``meta`` to a ``.pt``, atomically (never over its inputs)."""
     import torch
 
     if "meta" in payload:
@@ -306,7 +306,8 @@ def load_pt(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) 
     import torch
 
     p = _check_exists(path)
-    entries = {name.partition("/")[2] for name in _zip_names(p, "a readable hgm .pt file")}  # torch.save: one top folder
+    # torch.save puts every entry under one top folder; TorchScript adds constants.pkl beside data.pkl.
+    entries = {name.partition("/")[2] for name in _zip_names(p, "a readable hgm .pt file")}
     if "constants.pkl" in entries:
         kinds = (kind,) if isinstance(kind, str) else kind or ("artifact",)
         raise ArtifactError(f"{p} is a TorchScript export, not an hgm {' or '.join(kinds)}")

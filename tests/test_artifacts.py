@@ -270,7 +270,7 @@ def test_other_zips_are_named(tmp_path):
     npz, pt = tmp_path / "d.npz", tmp_path / "n.pt"
     np.savez(npz, x=np.ones(2))
     torch.save({"w": torch.ones(1)}, pt)
-    with pytest.raises(ArtifactError, match=f"^{npz} is not an hgm .pt file \\(a zip file, but not one torch.save wrote\\)$"):
+    with pytest.raises(ArtifactError, match=f"^{npz} is not an hgm .pt file \\(a zip file, but not one torch.save"):
         artifacts.load_pt(npz)
     with pytest.raises(ArtifactError, match=f"^{pt} is not a .npz file \\(entry '.*data.pkl' is not a .npy array\\)$"):
         artifacts.load_npz(pt)
@@ -302,5 +302,6 @@ def test_npz_header_claiming_more_than_the_file_holds(tmp_path):
         p = tmp_path / f"bomb{compression}.npz"
         with zipfile.ZipFile(p, "w", compression=compression) as z:
             z.writestr("x_train.npy", header.getvalue() + bytes(2000))
-        with pytest.raises(ArtifactError, match=r"array 'x_train' claims shape \(1000000000000, 1, 8, 8\) \(256,000,000,000,000 bytes\) but the file holds at most"):
+        claim = r"array 'x_train' claims shape \(1000000000000, 1, 8, 8\) \(256,000,000,000,000 bytes\)"
+        with pytest.raises(ArtifactError, match=claim + " but the file holds at most"):
             artifacts.load_npz(p, require_meta=False)

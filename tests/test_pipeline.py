@@ -118,6 +118,9 @@ def test_missing_data_root(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the run folder as a transaction
 
 
+WAIT = "wait for it or choose another --out"
+
+
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
@@ -184,7 +187,7 @@ def test_a_locked_run_folder_is_refused_at_once(run):
     with locked(run):
         r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(run), "--set", "seed=1"])
     assert r.exit_code == 1
-    assert r.stderr == f"Error: {run} is in use by another hgm pipeline (pid {os.getpid()}); wait for it or choose another --out\n"
+    assert r.stderr == f"Error: {run} is in use by another hgm pipeline (pid {os.getpid()}); {WAIT}\n"
     assert files(run) == before
 
 
@@ -200,15 +203,15 @@ def test_two_real_pipelines_on_one_folder(tmp_path):
             time.sleep(0.02)
         os.kill(first.pid, signal.SIGSTOP)  # keep it mid-run however fast or slow this machine is
         try:
-            second = subprocess.run(hgm("-q", "pipeline", "--config", SMOKE, "--out", run, *sets(SMALL), "--set", "seed=1"),
-                                    capture_output=True, text=True, env=ENV, timeout=120)
+            other_seed = hgm("-q", "pipeline", "--config", SMOKE, "--out", run, *sets(SMALL), "--set", "seed=1")
+            second = subprocess.run(other_seed, capture_output=True, text=True, env=ENV, timeout=120, check=False)
         finally:
             os.kill(first.pid, signal.SIGCONT)
         out, err = first.communicate(timeout=300)
     finally:
         first.kill()
     assert second.returncode == 1 and second.stdout == ""
-    assert second.stderr == f"Error: {run} is in use by another hgm pipeline (pid {first.pid}); wait for it or choose another --out\n"
+    assert second.stderr == f"Error: {run} is in use by another hgm pipeline (pid {first.pid}); {WAIT}\n"
     assert first.returncode == 0, err
     # Nothing mixed: every artifact, config.yaml and metrics.json come from the first run (seed 0).
     assert json.loads((run / "metrics.json").read_text())["accuracy"] == json.loads(out)["accuracy"]
