@@ -141,7 +141,8 @@ def set_aside_stale_results(run: Path, config: dict) -> None:
         old = None
     if old == config:
         return
-    changed = {k for k in set(config) | set(old or {}) if not isinstance(old, dict) or old.get(k) != config.get(k)}
+    old = old if isinstance(old, dict) else {}  # unreadable: every section counts as changed
+    changed = {k for k in old.keys() | config.keys() if old.get(k) != config.get(k)}
     try:
         if (run / "metrics.json").exists():  # a finished result: keep it, whole (hard links cost nothing)
             prev = run / "previous"

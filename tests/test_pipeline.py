@@ -100,8 +100,9 @@ def test_killed_run_resumes_with_the_same_result(tmp_path):
     ],
 )
 def test_config_errors(tmp_path, args, message):
-    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path), *args])
+    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path / "run"), *args])
     assert r.exit_code == 1 and r.stderr.startswith(message) and r.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # no config.yaml for a config that did not validate
 
 
 def test_missing_data_root(tmp_path, monkeypatch):
