@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from hgmcli import stages
-from hgmcli.config import ClassifierConfig, DataConfig, EvaluateConfig, PipelineConfig, load_config
+from hgmcli.config import BaselineConfig, ClassifierConfig, DataConfig, EvaluateConfig, PipelineConfig, load_config
 from hgmcli.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +43,8 @@ PAPER = {  # Figure 3: (FC, Linear)
 }
 
 CPU_LAYERS = [
-    "layers.0.cluster.k=128", "layers.0.cluster.patches=100000", "layers.0.train.n=48",
-    "layers.1.cluster.k=256", "layers.1.cluster.patches=100000", "layers.1.train.n=64",
+    "layers.0.cluster.k=128", "layers.0.cluster.patches=100000", "layers.0.train.out_channels=48",
+    "layers.1.cluster.k=256", "layers.1.cluster.patches=100000", "layers.1.train.out_channels=64",
     "layers.0.train.bias=-0.2", "layers.1.train.bias=-0.2", "layers.0.train.epochs=2", "layers.1.train.epochs=2",
 ]
 
@@ -56,8 +56,8 @@ def method_runs(budget: str) -> dict[str, dict[str, tuple[str, list[str]]]]:
             "Ours": {"FC": ("cifar.yaml", []), "Linear": ("cifar-linear.yaml", [])},
             "Clustering+JL": {"FC": ("cifar-jl.yaml", []), "Linear": ("cifar-jl-linear.yaml", [])},
         }
-    heads = {"FC": ["classifier.classifier=fc"], "Linear": ["classifier.classifier=linear"]}
-    common = CPU_LAYERS + ["classifier.iterations=3000", "classifier.eval_every=500"]
+    heads = {"FC": ["classifier.head=fc"], "Linear": ["classifier.head=linear"]}
+    common = CPU_LAYERS + ["classifier.adam_steps=3000", "classifier.eval_every=500"]
     return {
         "Ours": {h: ("cifar.yaml", common + o) for h, o in heads.items()},
         "Clustering+JL": {
@@ -93,10 +93,11 @@ def main() -> None:
     for method, arch in (("CNN", "cnn"), ("CNN(Random)", "cnn-random")):
         for head, kind in (("FC", "fc"), ("Linear", "linear")):
             iters = cnn_iters if arch == "cnn" else head_iters
-            cfg = ClassifierConfig(classifier=kind, iterations=iters, eval_every=max(1, iters // 10))
+            cfg = ClassifierConfig(head=kind, adam_steps=iters, eval_every=max(1, iters // 10))
             path = out / f"{arch}-{kind}.pt"
             t0 = time.perf_counter()
-            stages.baseline(data_cfg, cfg, arch=arch, head=kind, out=path, seed=args.seed, device=args.device, reuse=True)
+            stages.baseline(data_cfg, cfg, BaselineConfig(arch=arch, head=kind), out=path, seed=args.seed, device=args.device,
+                            reuse=True)
             _, m = stages.evaluate(data_cfg, EvaluateConfig(split="val"), model=None, classifier=path,
                                    seed=args.seed, device=args.device)
             from hgmcli.artifacts import load_meta

@@ -22,8 +22,8 @@ DEVICE=${DEVICE:-cuda}
 TARBALL=${TARBALL:-.gpu-data/cifar10-train-jpeg.tar.gz}
 if [ -n "${QUICK:-}" ]; then
   PATCHES=50000; K=64; ITERS=200; EVERY=100
-  SETS=(--set layers.0.cluster.k=32 --set layers.0.cluster.patches=20000 --set layers.0.train.n=16
-        --set layers.1.cluster.k=32 --set layers.1.cluster.patches=20000 --set layers.1.train.n=16
+  SETS=(--set layers.0.cluster.k=32 --set layers.0.cluster.patches=20000 --set layers.0.train.out_channels=16
+        --set layers.1.cluster.k=32 --set layers.1.cluster.patches=20000 --set layers.1.train.out_channels=16
         --set layers.0.train.epochs=1 --set layers.1.train.epochs=1 --set data.limit=2000
         --set classifier.iterations=$ITERS --set classifier.eval_every=$EVERY)
 else
@@ -42,7 +42,7 @@ has kmeans && t hgm cluster --data "$WORK/data" --set data.val_size=10000 --k $K
 has cifar && t hgm pipeline --config configs/cifar.yaml --data "$WORK/data" --set data.val_size=10000 "${SETS[@]}" \
     --device $DEVICE --out "$WORK/cifar" --json > "$WORK/cifar.json"
 has cnn && t hgm baseline --data "$WORK/data" --set data.val_size=10000 ${QUICK:+--limit 2000} --arch cnn --head fc \
-    --iterations $ITERS --eval-every $EVERY --device $DEVICE --out "$WORK/cnn-fc.pt" --json > "$WORK/cnn.json"
+    --adam-steps $ITERS --eval-every $EVERY --device $DEVICE --out "$WORK/cnn-fc.pt" --json > "$WORK/cnn.json"
 python3 - "$WORK" <<'PY'
 import json, os, sys
 w = sys.argv[1]

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def linear_on_raw(data_cfg, run: Path, seed: int) -> float:
-    stages.fit_svm(data_cfg, ClassifierConfig(classifier="svm"), out=run / "raw-svm.pt", seed=seed, device="cpu")
+    stages.fit_svm(data_cfg, ClassifierConfig(head="svm"), out=run / "raw-svm.pt", seed=seed, device="cpu")
     _, m = stages.evaluate(data_cfg, EvaluateConfig(split="test"), model=None, classifier=run / "raw-svm.pt",
                            seed=seed, device="cpu")
     return m["accuracy"]

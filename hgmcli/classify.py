@@ -32,7 +32,7 @@ from torch import nn
 
 from . import adam
 from .errors import HgmError
-from .features import FrozenFeatures
+from .features import Examples, FrozenFeatures
 from .progress import Progress, no_progress
 
 if TYPE_CHECKING:
@@ -159,11 +159,9 @@ def svm_backend(setting: str, n: int, dim: int, device: torch.device, budget: in
     return "sklearn" if (n * dim * 8 <= budget and device.type == "cpu") else "torch"
 
 
-def fit_svm(
-    feats: FrozenFeatures, y: np.ndarray, n_classes: int, cfg: ClassifierConfig, *, seed: int, budget: int,
-    val: FrozenFeatures | None = None, y_val: np.ndarray | None = None, progress: Progress = no_progress,
-) -> FitResult:
+def fit_svm(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int, progress: Progress = no_progress) -> FitResult:
     t0 = time.perf_counter()
+    feats, y, n_classes = ex.train, ex.y, ex.n_classes
     dim = int(np.prod(feats.shape))
     backend = svm_backend(cfg.svm_backend, len(feats), dim, feats.device, budget)
     x = dense_features(feats)
@@ -173,8 +171,8 @@ def fit_svm(
         coef, intercept, st = fit_svm_torch(x, y, n_classes, cfg.C)
     head = svm_head(coef.cpu(), intercept.cpu(), n_classes)
     curve = []
-    if val is not None and y_val is not None and len(val):
-        curve = [(0, accuracy(head, val, y_val))]
+    if ex.has_val:
+        curve = [(0, accuracy(head, ex.val, ex.y_val))]
     stats = {**st, "backend": backend, "features": dim, "seconds": round(time.perf_counter() - t0, 3)}
     return FitResult(head, curve, stats)
 
@@ -182,22 +180,13 @@ def fit_svm(
 # --------------------------------------------------------------------------- linear / fc with Adam
 
 
-def fit_adam(
-    feats: FrozenFeatures,
-    y: np.ndarray,
-    n_classes: int,
-    cfg: ClassifierConfig,
-    *,
-    seed: int,
-    budget: int = 0,
-    val: FrozenFeatures | None,
-    y_val: np.ndarray | None,
-    progress: Progress = no_progress,
-) -> FitResult:
+def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
+             progress: Progress = no_progress) -> FitResult:
     """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.adam_steps steps."""
+    feats = ex.train
     dim = int(np.prod(feats.shape))
-    head = build_head(cfg.head, dim, n_classes, cfg.hidden, gen=torch.Generator().manual_seed(seed)).to(feats.device)
-    y_t = torch.as_tensor(y, dtype=torch.long)
+    head = build_head(cfg.head, dim, ex.n_classes, cfg.hidden, gen=torch.Generator().manual_seed(seed)).to(feats.device)
+    y_t = torch.as_tensor(ex.y, dtype=torch.long)
 
     def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         _, x = next(feats.batches(idx, len(idx)))
@@ -205,7 +194,7 @@ def fit_adam(
         logits = head(x)
         return F.cross_entropy(logits, target), adam.correct_count(logits, target)
 
-    evaluate = (lambda: accuracy(head, val, y_val)) if (val is not None and y_val is not None and len(val)) else None
+    evaluate = (lambda: accuracy(head, ex.val, ex.y_val)) if ex.has_val else None
     run = adam.train(
         head.parameters(), batch_loss, len(feats), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
@@ -275,8 +264,7 @@ def load_classifier(path) -> tuple[nn.Sequential, dict, dict]:
 
 @dataclass(frozen=True)
 class Head:
-    """A final classifier. ``fit(feats, y, n_classes, cfg, *, seed, budget, val,
-    y_val, progress) -> FitResult``; ``hidden``: whether ``cfg.hidden`` layers
+    """A final classifier. ``fit(examples, cfg, *, seed, budget, progress) -> FitResult``; ``hidden``: whether ``cfg.hidden`` layers
     are built (the saved layer widths rebuild it either way)."""
 
     fit: Callable[..., FitResult]

@@ -16,11 +16,13 @@ import inspect
 import json
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Union, get_args, get_origin
 
 import typer
 from rich.console import Console
@@ -74,56 +76,15 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-VerboseOpt = Annotated[
-    Optional[bool],
-    typer.Option("--verbose/--quiet", "-v/-q", help="More detail on stderr (log lines) / no progress bars."),
-]
-
-
 @app.callback()
 def _global(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
-    verbose: VerboseOpt = None,
+    verbose: Annotated[Optional[bool], typer.Option("--verbose/--quiet", "-v/-q",
+                                                    help="More detail on stderr (log lines) / no progress bars.")] = None,
 ) -> None:
-    if verbose is not None:
-        state.verbosity = 2 if verbose else 0
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (deprecated spellings) as one ``Warning: ...`` line on stderr, no source line."""
-    err_console.print(f"Warning: {message}", markup=False, highlight=False, soft_wrap=True)
-
-
-def command(name: str, **kwargs: Any) -> Callable:
-    """Register a command whose ``HgmError``s become ``Error: ...`` + exit 1, and
-    which also takes -v/-q after its name (``hgm cluster -v ...``)."""
-
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, verbose: bool | None = None, **kw: Any) -> Any:
-            if verbose is not None:
-                state.verbosity = 2 if verbose else 0
-            with warnings.catch_warnings():
-                warnings.simplefilter("default", HgmDeprecationWarning)
-                warnings.showwarning = _show_warning
-                try:
-                    return fn(*args, **kw)
-                except HgmError as e:
-                    err_console.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
-                    raise typer.Exit(1) from None
-                except KeyboardInterrupt:
-                    err_console.print("Interrupted.", markup=False)
-                    raise typer.Exit(130) from None
-
-        sig = inspect.signature(fn, eval_str=True)
-        extra = inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=VerboseOpt)
-        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])
-        wrapper.__annotations__ = {**fn.__annotations__, "verbose": VerboseOpt}
-        return app.command(name, **kwargs)(wrapper)
-
-    return decorate
+    state.verbosity = 1 if verbose is None else (2 if verbose else 0)  # every invocation starts afresh
 
 
 def _secondary_rank() -> bool:
@@ -204,12 +165,90 @@ def print_json(obj: Any) -> None:
 #
 # Every command reads the same YAML format as `hgm pipeline` (--config), with
 # --set overrides in pipeline keys (data.val_size=0, layers.0.cluster.k=512),
-# then its own explicit options on top. An option left out keeps the config's
-# value, so options default to None here and their help shows the config's
-# default.
+# then its own explicit options on top. The options that set a config field
+# are generated from the config dataclass (name, type, choices, default) and
+# the one-line help below, so a field is spelled the same in every command;
+# an option left out keeps the config's value.
+
+GENERATE_HELP = {
+    "family": "hierarchical (§3.1) or digits (§3.2).",
+    "depth": "d: number of refinement levels.",
+    "patch_size": "s: patch size.",
+    "m0": "Top semantic image size m0.",
+    "classes": "|C_0|..|C_{d-1}|, comma separated, or one value for all levels.",
+    "patches_per_class": "k of §3.1: patches per semantic class.",
+    "labels": "Number of label classes.",
+    "margin": "D_y's score margin, in std of the label-score difference.",
+    "orthonormal": "Orthonormal final-level patches (§4).",
+    "noise": "Std of Gaussian pixel noise.",
+    "n_train": "Training examples.",
+    "n_test": "Test examples.",
+}
+DATA_HELP = {
+    "root": "A .npz from `hgm generate`, a CIFAR-10 folder or an image folder.",
+    "val_size": "Validation slice: a count, or a fraction < 1; 0 for none; auto: the last 10,000 CIFAR-10 "
+                "training images, else 10%.",
+    "normalize": "Input normalisation; auto: none on a synthetic .npz, standardize on images.",
+    "limit": "Use only the first N training images; none: all.",
+}
+CLUSTER_HELP = {
+    "k": "Clusters; auto: Theorem 2's value on synthetic data, 256 on images.",
+    "patches": "N: patches to sample.",
+    "patch_size": "s; auto: the model's s on synthetic data, 3 on images.",
+    "stride": "Sampling stride; auto: s on synthetic data, 1 on images.",
+    "center": "Mean-centre patches first (the conv centres too).",
+    "backend": "k-means implementation; auto: faiss when installed, else torch.",
+    "init": "Seeding.",
+    "lloyd_iterations": "Lloyd iterations after seeding.",
+    "max_points_per_centroid": "Subsample to k*this points before k-means; none: use all.",
+}
+TRAIN_HELP = {
+    "mode": "How the 1x1 conv is made.",
+    "out_channels": "n: output channels of the 1x1 conv.",
+    "bias": "b in ReLU(conv + b).",
+    "activation": "The encoder after the cluster conv; auto: onehot on synthetic data, relu on images.",
+    "normalize_patches": "The conv computes cosine similarity (--raw-patches: the plain dot product).",
+    "pool": "Pooling after the encoder; auto: none on synthetic data, max on images.",
+    "pool_size": "Pooling window and stride.",
+    "stride": "Cluster-conv stride; auto: s on synthetic data, 1 on images.",
+    "padding": "Cluster-conv zero padding; auto: 0 on synthetic data, s//2 on images.",
+    "epochs": "Adam epochs (adam-ce, jl).",
+    "adam_steps": "Adam steps instead of epochs; none: count epochs.",
+    "batch_size": "Examples per Adam step.",
+    "lr": "Adam learning rate.",
+    "weight_decay": "Adam weight decay.",
+    "eta": "gd-linear: GD learning rate.",
+    "gd_steps": "gd-linear: T GD iterations.",
+    "sigma": "gd-linear: init radius parameter.",
+    "memory_budget": "Feature cache budget, e.g. 4G; auto: 40% of the free RAM.",
+    "cache_dtype": "Storage of the cached features.",
+}
+ADAM_HELP = {  # the classifier section's Adam settings: fit-svm's linear / fc heads and the baselines
+    "adam_steps": "Adam steps (the paper: 100,000).",
+    "eval_every": "Validation accuracy every N steps.",
+    "batch_size": "Examples per Adam step.",
+    "lr": "Adam learning rate.",
+}
+CLASSIFIER_HELP = {
+    "head": "The final classifier.",
+    "C": "SVM regularisation.",
+    "svm_backend": "SVM solver; auto: liblinear when the features fit on the CPU.",
+    **ADAM_HELP,
+    "weight_decay": "Adam weight decay.",
+}
+BASELINE_HELP = {"arch": "Figure 3's comparison network.", "head": "fc (384-192 ReLU) or linear."}
+EVALUATE_HELP = {"split": "Which split to score."}
+SECTION_CLASSES = {"generate": GenerateConfig, "data": DataConfig, "cluster": ClusterConfig, "train": TrainConfig,
+                   "classifier": ClassifierConfig, "baseline": BaselineConfig, "evaluate": EvaluateConfig}
+FLAGS = {  # where a field's option is not simply --field-name
+    ("data", "root"): ("--data", "-d"),
+    ("train", "normalize_patches"): ("--normalize-patches/--raw-patches",),
+}
 
 
 def _default_text(section: type, name: str) -> str:
+    if (section, name) == (DataConfig, "root"):
+        return "$HGM_DATA"
     f = next(f for f in dataclasses.fields(section) if f.name == name)
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if isinstance(value, bool):
@@ -219,75 +258,173 @@ def _default_text(section: type, name: str) -> str:
     return "none" if value is None else str(value)
 
 
-def opt(section: type | None, name: str | None, *flags: str, help: str, default: str | None = None,
-        **kw: Any) -> Any:
-    """A ``typer.Option`` for config field ``section.name``: its help ends with
-    the field's choices (from the registry that implements them) and its
-    default (from the dataclass), or ``default`` when given."""
-    text = help
-    if section is not None and name is not None:
-        choices = choices_of(field_types(section)[name])
-        if choices:
-            text += f" One of: {', '.join(choices)}."
-        default = default if default is not None else _default_text(section, name)
+def opt(*flags: str, help: str, default: str | None = None, choices: tuple | None = None, **kw: Any) -> Any:
+    """A ``typer.Option`` whose help ends with its choices and its default."""
+    text = help + (f" One of: {', '.join(choices)}." if choices else "")
     if default is not None:
         text += " " + escape(f"[default: {default}]")
     return typer.Option(*flags, help=text, show_default=False, **kw)
 
 
-def old(flag: str, new: str) -> Any:
-    """A hidden option: the spelling ``flag`` that ``new`` replaced, read with a deprecation warning."""
-    return typer.Option(flag, hidden=True, help=f"Deprecated: use {new}.")
+def _cli_type(tp: Any) -> type:
+    """What the command line parses for a field type: bool, int, float or str
+    (lists, e.g. generate's classes, as comma-separated text)."""
+    if get_origin(tp) is Annotated:
+        return _cli_type(get_args(tp)[0])
+    if get_origin(tp) in (Union, types.UnionType):
+        kinds = [_cli_type(a) for a in get_args(tp) if a is not type(None)]
+        return next((k for k in (bool, int, float) if k in kinds), str)
+    return tp if tp in (bool, int, float) else str
 
 
-def _renamed(value: Any, old_flag: str, new_value: Any, new_flag: str) -> Any:
-    """The value of an option that was renamed: the new spelling's, or the old one's with a warning."""
-    if value is None:
-        return new_value
-    if new_value is not None:
-        raise ConfigError(f"{old_flag} and {new_flag} are the same option: keep {new_flag}")
-    warnings.warn(f"{old_flag} is deprecated; use {new_flag}", HgmDeprecationWarning, stacklevel=2)
+def field_option(section: str, name: str, help: str, *, hidden_as: str | None = None) -> inspect.Parameter:
+    """The command-line option for config field ``section.name``: its flag, type,
+    choices (from the registry that implements them) and default (from the dataclass)."""
+    cls = SECTION_CLASSES[section]
+    tp = field_types(cls)[name]
+    kind = _cli_type(tp)
+    choices = choices_of(tp) if kind is str else None
+    if hidden_as is not None:
+        info = typer.Option(hidden_as, hidden=True, help=f"Deprecated: use --{name.replace('_', '-')}.")
+        param = f"old__{section}__{hidden_as.lstrip('-').replace('-', '_')}"
+    else:
+        flag = f"--{name.replace('_', '-')}"
+        flags = FLAGS.get((section, name), (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,))
+        info = opt(*flags, help=help, default=_default_text(cls, name), choices=choices)
+        param = f"{section}__{name}"
+    return inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[kind], info])
+
+
+def _field_value(section: str, name: str, value: Any) -> Any:
+    """A command-line value as the config reads it (comma lists become lists)."""
+    tp = field_types(SECTION_CLASSES[section])[name]
+    if value is not None and (get_origin(tp) is list or list in map(get_origin, get_args(tp))):
+        try:
+            return [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            raise HgmError(f"--{name.replace('_', '-')} expects integers separated by commas, got {value!r}") from None
     return value
 
 
-ConfigOpt = Annotated[
-    Optional[Path], opt(None, None, "--config", "-c", help="Pipeline-style YAML; this command reads its sections.",
-                        default="none: the built-in defaults")
-]
-SetOpt = Annotated[
-    Optional[list[str]], opt(None, None, "--set", help="Override a config key: --set data.val_size=0 (repeatable).",
-                             default="none")
-]
-SeedOpt = Annotated[Optional[int], opt(PipelineConfig, "seed", "--seed", help="Random seed (the config's seed).")]
-DeviceOpt = Annotated[Optional[str], opt(PipelineConfig, "device", "--device", help="Where to compute.")]
-JsonOpt = Annotated[bool, opt(None, None, "--json", help="Print results as JSON on stdout.", default="no")]
-DataOpt = Annotated[
-    Optional[str],
-    opt(None, None, "--data", "-d", help="A .npz from `hgm generate`, a CIFAR-10 folder or an image folder.",
-        default="$HGM_DATA"),
-]
-ValSizeOpt = Annotated[
-    Optional[float], opt(DataConfig, "val_size", "--val-size",
-                         help="Validation slice: a count, or a fraction < 1; 0 for none; auto: the last 10,000 "
-                              "CIFAR-10 training images, else 10%.")
-]
-NormalizeOpt = Annotated[Optional[str], opt(DataConfig, "normalize", "--normalize", help="Input normalisation.")]
-LimitOpt = Annotated[Optional[int], opt(DataConfig, "limit", "--limit", help="Use only the first N training images.")]
-LayerOpt = Annotated[int, opt(None, None, "--layer", help="Which `layers` entry of --config to read.", default="0")]
+COMMON = {
+    "config": (Optional[Path], opt("--config", "-c", help="Pipeline-style YAML (a path): this command reads its sections.",
+                                   default="none: the built-in defaults")),
+    "set": (Optional[list[str]], opt("--set", help="Override a config key: --set data.val_size=0 (repeatable).",
+                                     default="none")),
+    "seed": (Optional[int], opt("--seed", help="Random seed.", default="the config's seed, 0")),
+    "device": (Optional[str], opt("--device", help="Where to compute.", default="the config's device, auto",
+                                  choices=choices_of(field_types(PipelineConfig)["device"]))),
+    "json": (bool, opt("--json", help="Print results as JSON on stdout.", default="no")),
+    "verbose": (Optional[bool], opt("--verbose/--quiet", "-v/-q", help="More detail on stderr / no progress bars.",
+                                    default="progress bars on a terminal")),
+}
 
 
-def _pipeline_config(config: Path | None, set_: list[str] | None) -> PipelineConfig:
-    return load_config(PipelineConfig, config, set_ or [])
+@dataclass
+class Given:
+    """What the shared options said: --config, --set, --seed, --device, --json,
+    and the config fields given on the command line, per section."""
+
+    config: Path | None = None
+    set: list[str] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+    device: str | None = None
+    json: bool = False
+    sections: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def pipeline(self) -> PipelineConfig:
+        """defaults <- --config <- --set <- --seed/--device; then --data and the data options."""
+        pcfg = load_config(PipelineConfig, self.config, self.set)
+        pcfg = with_options(pcfg, {"seed": self.seed, "device": self.device})
+        if "data" in self.sections:
+            pcfg.data = with_options(pcfg.data, self.sections["data"], "data")
+        return pcfg
+
+    def section(self, name: str, cfg: Any) -> Any:
+        """``cfg`` with this section's command-line values applied (validated)."""
+        return with_options(cfg, self.sections.get(name, {}), name)
 
 
-def _data_config(pcfg: PipelineConfig, data: str | None, val_size: float | None, normalize: str | None, limit: int | None):
-    return with_options(pcfg.data, dict(root=data, val_size=val_size, normalize=normalize, limit=limit), "data")
+def command(name: str, *, sections: dict[str, dict[str, str]] | None = None,
+            common: tuple[str, ...] = ("config", "set", "seed", "device", "json"),
+            renamed: dict[str, tuple[str, str]] | None = None) -> Callable:
+    """Register ``fn(given, **its own options)`` as command ``name``.
+
+    ``sections``: {config section: {field: help}} whose fields become options;
+    ``common``: which shared options it takes (-v/-q always, so they also work
+    after the command's name); ``renamed``: old flags still read, with a
+    deprecation warning ({"--iterations": ("cluster", "lloyd_iterations")}).
+    An ``HgmError`` becomes ``Error: ...`` and exit 1."""
+    sections, renamed = sections or {}, renamed or {}
+
+    def decorate(fn: Callable) -> Callable:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]  # after `given`
+        generated = [field_option(sec, f, h) for sec, fields in sections.items() for f, h in fields.items()]
+        old = [field_option(sec, f, "", hidden_as=flag) for flag, (sec, f) in renamed.items()]
+        shared = [inspect.Parameter(c, inspect.Parameter.KEYWORD_ONLY, default=False if c == "json" else None,
+                                    annotation=Annotated[COMMON[c]]) for c in (*common, "verbose")]
+
+        @functools.wraps(fn)
+        def wrapper(**kw: Any) -> Any:
+            verbose = kw.pop("verbose")
+            if verbose is not None:
+                state.verbosity = 2 if verbose else 0
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", HgmDeprecationWarning)
+                warnings.showwarning = _show_warning
+                try:
+                    given = Given(**{c: kw.pop(c) for c in common if c != "set"}, set=kw.pop("set", None) or [])
+                    for p in generated:
+                        sec, field = p.name.split("__")
+                        given.sections.setdefault(sec, {})[field] = _field_value(sec, field, kw.pop(p.name))
+                    for p, (flag, (sec, field)) in zip(old, renamed.items()):
+                        value = kw.pop(p.name)
+                        if value is not None:
+                            _respelled(given.sections[sec], field, flag, value)
+                    return fn(given, **kw)
+                except HgmError as e:
+                    err_console.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
+                    raise typer.Exit(1) from None
+                except KeyboardInterrupt:
+                    err_console.print("Interrupted.", markup=False)
+                    raise typer.Exit(130) from None
+
+        wrapper.__signature__ = inspect.Signature([*own, *generated, *shared, *old])
+        wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+        return app.command(name)(wrapper)
+
+    return decorate
+
+
+def _respelled(values: dict, field: str, old_flag: str, value: Any) -> None:
+    """An old flag's value under its new name, with a deprecation warning."""
+    new_flag = f"--{field.replace('_', '-')}"
+    if values.get(field) is not None:
+        raise ConfigError(f"{old_flag} and {new_flag} are the same option: keep {new_flag}")
+    warnings.warn(f"{old_flag} is deprecated; use {new_flag}", HgmDeprecationWarning, stacklevel=2)
+    values[field] = value
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (deprecated spellings) as one ``Warning: ...`` line on stderr, no source line."""
+    err_console.print(f"Warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+LayerOpt = Annotated[int, opt("--layer", help="Which `layers` entry of --config to read.", default="0")]
 
 
 def _layer(pcfg: PipelineConfig, layer: int):
     if not 0 <= layer < len(pcfg.layers):
         raise HgmError(f"--layer {layer}: the config has {len(pcfg.layers)} layers")
     return pcfg.layers[layer]
+
+
+def _run(given: Given, stage: Callable[[Callable], stages.StageResult]) -> None:
+    """Run ``stage(progress)`` under a progress bar, then print its result."""
+    with progress_bar() as report:
+        result = stage(report)
+    _finish(result, given.json)
 
 
 def _finish(result: stages.StageResult, json_out: bool) -> None:
@@ -304,34 +441,13 @@ def _finish(result: stages.StageResult, json_out: bool) -> None:
 # --------------------------------------------------------------------------- generate
 
 
-@command("generate")
+@command("generate", sections={"generate": GENERATE_HELP}, common=("config", "set", "seed", "json"),
+         renamed={"--model": ("generate", "family"), "--k": ("generate", "patches_per_class")})
 def generate_cmd(
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output .npz.", default="data.npz")] = Path("data.npz"),
-    family: Annotated[Optional[str], opt(GenerateConfig, "family", "--family",
-                                         help="hierarchical (§3.1) or digits (§3.2).")] = None,
-    depth: Annotated[Optional[int], opt(GenerateConfig, "depth", "--depth", help="d: number of refinement levels.")] = None,
-    patch_size: Annotated[Optional[int], opt(GenerateConfig, "patch_size", "--patch-size", help="s: patch size.")] = None,
-    m0: Annotated[Optional[int], opt(GenerateConfig, "m0", "--m0", help="Top semantic image size m0.")] = None,
-    classes: Annotated[Optional[str], opt(GenerateConfig, "classes", "--classes",
-                                          help="|C_0|..|C_{d-1}|, comma separated, or one value for all levels.")] = None,
-    patches_per_class: Annotated[Optional[int], opt(GenerateConfig, "patches_per_class", "--patches-per-class",
-                                                    help="k of §3.1: patches per semantic class.")] = None,
-    labels: Annotated[Optional[int], opt(GenerateConfig, "labels", "--labels", help="Number of label classes.")] = None,
-    margin: Annotated[Optional[float], opt(GenerateConfig, "margin", "--margin",
-                                           help="D_y's score margin, in std of the label-score difference.")] = None,
-    orthonormal: Annotated[Optional[bool], opt(GenerateConfig, "orthonormal", "--orthonormal/--no-orthonormal",
-                                               help="Orthonormal final-level patches (§4).")] = None,
-    noise: Annotated[Optional[float], opt(GenerateConfig, "noise", "--noise", help="Std of Gaussian pixel noise.")] = None,
-    n_train: Annotated[Optional[int], opt(GenerateConfig, "n_train", "--n-train", help="Training examples.")] = None,
-    n_test: Annotated[Optional[int], opt(GenerateConfig, "n_test", "--n-test", help="Test examples.")] = None,
-    preview: Annotated[Optional[Path], opt(None, None, "--preview", help="Also write a PNG of samples at every level.",
+    given: Given,
+    out: Annotated[Path, opt("--out", "-o", help="Output .npz.", default="data.npz")] = Path("data.npz"),
+    preview: Annotated[Optional[Path], opt("--preview", help="Also write a PNG of samples at every level.",
                                            default="none")] = None,
-    seed: SeedOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    model_: Annotated[Optional[str], old("--model", "--family")] = None,
-    k_: Annotated[Optional[int], old("--k", "--patches-per-class")] = None,
 ) -> None:
     """Sample images from the hierarchical generative model (§3.1) or the synthetic digits (§3.2).
 
@@ -343,62 +459,22 @@ def generate_cmd(
 
       hgm generate --depth 2 --patch-size 4 --classes 2 --patches-per-class 4 --orthonormal --out ortho.npz
     """
-    class_list = None
-    if classes is not None:
-        try:
-            class_list = [int(c) for c in classes.split(",") if c.strip()]
-        except ValueError:
-            raise HgmError(f"--classes expects integers separated by commas, got {classes!r}") from None
-    pcfg = _pipeline_config(config, set_)
-    options = dict(
-        family=_renamed(model_, "--model", family, "--family"), depth=depth, patch_size=patch_size, m0=m0,
-        classes=class_list, patches_per_class=_renamed(k_, "--k", patches_per_class, "--patches-per-class"),
-        labels=labels, margin=margin, orthonormal=orthonormal, noise=noise, n_train=n_train, n_test=n_test,
-    )
-    cfg = with_options(pcfg.generate or GenerateConfig(), options, "generate")
-    with progress_bar() as report:
-        result = stages.generate(cfg, out=out, seed=pcfg.seed if seed is None else seed, preview=preview, progress=report)
-    _finish(result, json_out)
+    pcfg = given.pipeline()
+    cfg = given.section("generate", pcfg.generate or GenerateConfig())
+    _run(given, lambda report: stages.generate(cfg, out=out, seed=pcfg.seed, preview=preview, progress=report))
 
 
 # --------------------------------------------------------------------------- cluster
 
 
-@command("cluster")
+@command("cluster", sections={"data": DATA_HELP, "cluster": CLUSTER_HELP},
+         renamed={"-n": ("cluster", "patches"), "--iterations": ("cluster", "lloyd_iterations")})
 def cluster_cmd(
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output centroids .npz.", default="centroids.npz")] = Path(
-        "centroids.npz"),
-    data: DataOpt = None,
-    model: Annotated[Optional[Path], opt(None, None, "--model", "-m", help="Network .pt whose output is clustered.",
+    given: Given,
+    out: Annotated[Path, opt("--out", "-o", help="Output centroids .npz.", default="centroids.npz")] = Path("centroids.npz"),
+    model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt whose output is clustered.",
                                          default="the raw images")] = None,
-    k: Annotated[Optional[int], opt(ClusterConfig, "k", "--k",
-                                    help="Clusters; auto: Theorem 2's value on synthetic data, 256 on images.")] = None,
-    patches: Annotated[Optional[int], opt(ClusterConfig, "patches", "--patches", help="N: patches to sample.")] = None,
-    patch_size: Annotated[Optional[int], opt(ClusterConfig, "patch_size", "--patch-size",
-                                             help="s; auto: the model's s on synthetic data, 3 on images.")] = None,
-    stride: Annotated[Optional[int], opt(ClusterConfig, "stride", "--stride",
-                                         help="Sampling stride; auto: s on synthetic data, 1 on images.")] = None,
-    center: Annotated[Optional[bool], opt(ClusterConfig, "center", "--center/--no-center",
-                                          help="Mean-centre patches first (the conv centres too).")] = None,
-    backend: Annotated[Optional[str], opt(ClusterConfig, "backend", "--backend",
-                                          help="k-means implementation; auto: faiss when installed, else torch.")] = None,
-    init: Annotated[Optional[str], opt(ClusterConfig, "init", "--init", help="Seeding.")] = None,
-    lloyd_iterations: Annotated[Optional[int], opt(ClusterConfig, "lloyd_iterations", "--lloyd-iterations",
-                                                   help="Lloyd iterations after seeding.")] = None,
-    max_points_per_centroid: Annotated[Optional[int], opt(
-        ClusterConfig, "max_points_per_centroid", "--max-points-per-centroid",
-        help="Subsample to k*this points before k-means; none: use all.")] = None,
-    val_size: ValSizeOpt = None,
-    normalize: NormalizeOpt = None,
-    limit: LimitOpt = None,
     layer: LayerOpt = 0,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    n_: Annotated[Optional[int], old("-n", "--patches")] = None,
-    iterations_: Annotated[Optional[int], old("--iterations", "--lloyd-iterations")] = None,
 ) -> None:
     """Sample patches (of the network's output, or the raw images) and run cosine k-means with k-means++ seeding.
 
@@ -410,76 +486,24 @@ def cluster_cmd(
 
       hgm cluster --data ~/cifar --k 1377 --patches 47509 --out c1.npz
     """
-    pcfg = _pipeline_config(config, set_)
-    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
-    options = dict(
-        k=k, patches=_renamed(n_, "-n", patches, "--patches"), patch_size=patch_size, stride=stride, center=center,
-        backend=backend, init=init, max_points_per_centroid=max_points_per_centroid,
-        lloyd_iterations=_renamed(iterations_, "--iterations", lloyd_iterations, "--lloyd-iterations"),
-    )
-    cfg = with_options(_layer(pcfg, layer).cluster, options, "cluster")
-    with progress_bar() as report:
-        result = stages.cluster(
-            dcfg, cfg, out=out, model=model, seed=pcfg.seed if seed is None else seed,
-            device=device or pcfg.device, progress=report,
-        )
-    _finish(result, json_out)
+    pcfg = given.pipeline()
+    cfg = given.section("cluster", _layer(pcfg, layer).cluster)
+    _run(given, lambda report: stages.cluster(pcfg.data, cfg, out=out, model=model, seed=pcfg.seed,
+                                              device=pcfg.device, progress=report))
 
 
 # --------------------------------------------------------------------------- train-layer
 
 
-@command("train-layer")
+@command("train-layer", sections={"data": DATA_HELP, "train": TRAIN_HELP},
+         renamed={"--n": ("train", "out_channels"), "--iterations": ("train", "gd_steps"),
+                  "--steps": ("train", "adam_steps")})
 def train_layer_cmd(
-    centroids: Annotated[Path, opt(None, None, "--centroids", help="Centroids .npz from `hgm cluster`.",
-                                   default="required")],
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output network .pt.", default="network.pt")] = Path(
-        "network.pt"),
-    data: DataOpt = None,
-    model: Annotated[Optional[Path], opt(None, None, "--model", "-m", help="Network .pt to extend.",
-                                         default="start a new one")] = None,
-    mode: Annotated[Optional[str], opt(TrainConfig, "mode", "--mode", help="How the 1x1 conv is made.")] = None,
-    out_channels: Annotated[Optional[int], opt(TrainConfig, "out_channels", "--out-channels",
-                                               help="n: output channels of the 1x1 conv.")] = None,
-    bias: Annotated[Optional[float], opt(TrainConfig, "bias", "--bias", help="b in ReLU(conv + b).")] = None,
-    activation: Annotated[Optional[str], opt(TrainConfig, "activation", "--activation",
-                                             help="The encoder after the cluster conv; auto: onehot on synthetic "
-                                                  "data, relu on images.")] = None,
-    normalize_patches: Annotated[Optional[bool], opt(TrainConfig, "normalize_patches",
-                                                     "--normalize-patches/--raw-patches",
-                                                     help="The conv computes cosine similarity.")] = None,
-    pool: Annotated[Optional[str], opt(TrainConfig, "pool", "--pool",
-                                       help="Pooling after the encoder; auto: none on synthetic data, max on images.")] = None,
-    pool_size: Annotated[Optional[int], opt(TrainConfig, "pool_size", "--pool-size", help="Pooling window and stride.")] = None,
-    stride: Annotated[Optional[int], opt(TrainConfig, "stride", "--stride",
-                                         help="Cluster-conv stride; auto: s on synthetic data, 1 on images.")] = None,
-    padding: Annotated[Optional[int], opt(TrainConfig, "padding", "--padding",
-                                          help="Cluster-conv zero padding; auto: 0 on synthetic data, s//2 on images.")] = None,
-    epochs: Annotated[Optional[int], opt(TrainConfig, "epochs", "--epochs", help="Adam epochs (adam-ce, jl).")] = None,
-    adam_steps: Annotated[Optional[int], opt(TrainConfig, "adam_steps", "--adam-steps",
-                                             help="Adam steps instead of epochs; none: count epochs.")] = None,
-    batch_size: Annotated[Optional[int], opt(TrainConfig, "batch_size", "--batch-size", help="Examples per Adam step.")] = None,
-    lr: Annotated[Optional[float], opt(TrainConfig, "lr", "--lr", help="Adam learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], opt(TrainConfig, "weight_decay", "--weight-decay", help="Adam weight decay.")] = None,
-    eta: Annotated[Optional[float], opt(TrainConfig, "eta", "--eta", help="gd-linear: GD learning rate.")] = None,
-    gd_steps: Annotated[Optional[int], opt(TrainConfig, "gd_steps", "--gd-steps", help="gd-linear: T GD iterations.")] = None,
-    sigma: Annotated[Optional[float], opt(TrainConfig, "sigma", "--sigma", help="gd-linear: init radius parameter.")] = None,
-    memory_budget: Annotated[Optional[str], opt(TrainConfig, "memory_budget", "--memory-budget",
-                                                help="Feature cache budget, e.g. 4G; auto: 40% of the free RAM.")] = None,
-    cache_dtype: Annotated[Optional[str], opt(TrainConfig, "cache_dtype", "--cache-dtype",
-                                              help="Storage of the cached features.")] = None,
-    val_size: ValSizeOpt = None,
-    normalize: NormalizeOpt = None,
-    limit: LimitOpt = None,
+    given: Given,
+    centroids: Annotated[Path, opt("--centroids", help="Centroids .npz from `hgm cluster`.", default="required")],
+    out: Annotated[Path, opt("--out", "-o", help="Output network .pt.", default="network.pt")] = Path("network.pt"),
+    model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt to extend.", default="start a new one")] = None,
     layer: LayerOpt = 0,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    n_: Annotated[Optional[int], old("--n", "--out-channels")] = None,
-    iterations_: Annotated[Optional[int], old("--iterations", "--gd-steps")] = None,
-    steps_: Annotated[Optional[int], old("--steps", "--adam-steps")] = None,
 ) -> None:
     """Build Conv(centroids)-encoder-Pool, train its 1x1 conv, drop the head, append the block to the network.
 
@@ -491,56 +515,21 @@ def train_layer_cmd(
 
       hgm train-layer --data ~/cifar --centroids c2.npz --model net1.pt --out-channels 96 --out net2.pt
     """
-    pcfg = _pipeline_config(config, set_)
-    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
-    options = dict(
-        mode=mode, out_channels=_renamed(n_, "--n", out_channels, "--out-channels"), bias=bias, activation=activation,
-        normalize_patches=normalize_patches, pool=pool, pool_size=pool_size, stride=stride, padding=padding,
-        epochs=epochs, adam_steps=_renamed(steps_, "--steps", adam_steps, "--adam-steps"), batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, eta=eta, gd_steps=_renamed(iterations_, "--iterations", gd_steps, "--gd-steps"),
-        sigma=sigma, memory_budget=memory_budget, cache_dtype=cache_dtype,
-    )
-    cfg = with_options(_layer(pcfg, layer).train, options, "train")
-    with progress_bar() as report:
-        result = stages.train_layer(
-            dcfg, cfg, centroids=centroids, out=out, model=model, seed=pcfg.seed if seed is None else seed,
-            device=device or pcfg.device, progress=report,
-        )
-    _finish(result, json_out)
+    pcfg = given.pipeline()
+    cfg = given.section("train", _layer(pcfg, layer).train)
+    _run(given, lambda report: stages.train_layer(pcfg.data, cfg, centroids=centroids, out=out, model=model,
+                                                  seed=pcfg.seed, device=pcfg.device, progress=report))
 
 
 # --------------------------------------------------------------------------- fit-svm
 
 
-@command("fit-svm")
+@command("fit-svm", sections={"data": DATA_HELP, "classifier": CLASSIFIER_HELP},
+         renamed={"--classifier": ("classifier", "head"), "--iterations": ("classifier", "adam_steps")})
 def fit_svm_cmd(
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output classifier .pt.", default="classifier.pt")] = Path(
-        "classifier.pt"),
-    data: DataOpt = None,
-    model: Annotated[Optional[Path], opt(None, None, "--model", "-m", help="Network .pt.", default="raw pixels")] = None,
-    head: Annotated[Optional[str], opt(ClassifierConfig, "head", "--head", help="The final classifier.")] = None,
-    C: Annotated[Optional[float], opt(ClassifierConfig, "C", "--C", help="SVM regularisation.")] = None,
-    svm_backend: Annotated[Optional[str], opt(ClassifierConfig, "svm_backend", "--svm-backend",
-                                              help="SVM solver; auto: liblinear when the features fit on the CPU.")] = None,
-    adam_steps: Annotated[Optional[int], opt(ClassifierConfig, "adam_steps", "--adam-steps",
-                                             help="Adam steps (linear / fc).")] = None,
-    eval_every: Annotated[Optional[int], opt(ClassifierConfig, "eval_every", "--eval-every",
-                                             help="Validation accuracy every N steps.")] = None,
-    batch_size: Annotated[Optional[int], opt(ClassifierConfig, "batch_size", "--batch-size",
-                                             help="Examples per Adam step.")] = None,
-    lr: Annotated[Optional[float], opt(ClassifierConfig, "lr", "--lr", help="Adam learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], opt(ClassifierConfig, "weight_decay", "--weight-decay",
-                                                 help="Adam weight decay.")] = None,
-    val_size: ValSizeOpt = None,
-    normalize: NormalizeOpt = None,
-    limit: LimitOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    classifier_: Annotated[Optional[str], old("--classifier", "--head")] = None,
-    iterations_: Annotated[Optional[int], old("--iterations", "--adam-steps")] = None,
+    given: Given,
+    out: Annotated[Path, opt("--out", "-o", help="Output classifier .pt.", default="classifier.pt")] = Path("classifier.pt"),
+    model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt.", default="raw pixels")] = None,
 ) -> None:
     """Train the final classifier on the network's output: linear SVM (§5.1), or the linear / FC heads of §6.
 
@@ -552,45 +541,25 @@ def fit_svm_cmd(
 
       hgm fit-svm --data data.npz --out raw-svm.pt      # a linear SVM on raw pixels, for comparison
     """
-    pcfg = _pipeline_config(config, set_)
-    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
-    options = dict(
-        head=_renamed(classifier_, "--classifier", head, "--head"), C=C, svm_backend=svm_backend,
-        adam_steps=_renamed(iterations_, "--iterations", adam_steps, "--adam-steps"), eval_every=eval_every,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-    )
-    cfg = with_options(pcfg.classifier, options, "classifier")
-    with progress_bar() as report:
-        result = stages.fit_svm(
-            dcfg, cfg, out=out, model=model, seed=pcfg.seed if seed is None else seed,
-            device=device or pcfg.device, progress=report,
-        )
-    _finish(result, json_out)
+    pcfg = given.pipeline()
+    cfg = given.section("classifier", pcfg.classifier)
+    _run(given, lambda report: stages.fit_svm(pcfg.data, cfg, out=out, model=model, seed=pcfg.seed,
+                                              device=pcfg.device, progress=report))
 
 
 # --------------------------------------------------------------------------- evaluate
 
 
-@command("evaluate")
+@command("evaluate", sections={"data": DATA_HELP, "evaluate": EVALUATE_HELP})
 def evaluate_cmd(
-    classifier: Annotated[Path, opt(None, None, "--classifier", help="Classifier .pt from `hgm fit-svm` or `hgm baseline`.",
+    given: Given,
+    classifier: Annotated[Path, opt("--classifier", help="Classifier .pt from `hgm fit-svm` or `hgm baseline`.",
                                     default="required")],
-    data: DataOpt = None,
-    model: Annotated[Optional[Path], opt(None, None, "--model", "-m", help="Network .pt.",
+    model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt.",
                                          default="the one the classifier carries, else raw pixels")] = None,
-    split: Annotated[Optional[str], opt(EvaluateConfig, "split", "--split", help="Which split to score.")] = None,
-    out: Annotated[Optional[Path], opt(None, None, "--out", "-o", help="Also write the metrics as JSON here.",
-                                       default="none")] = None,
-    plot: Annotated[Optional[Path], opt(None, None, "--plot", help="Write the accuracy curve and confusion matrix as PNG.",
+    out: Annotated[Optional[Path], opt("--out", "-o", help="Also write the metrics as JSON here.", default="none")] = None,
+    plot: Annotated[Optional[Path], opt("--plot", help="Write the accuracy curve and confusion matrix as PNG.",
                                         default="none")] = None,
-    val_size: ValSizeOpt = None,
-    normalize: NormalizeOpt = None,
-    limit: LimitOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix; on synthetic data also latent recovery per level.
 
@@ -600,15 +569,12 @@ def evaluate_cmd(
 
       hgm evaluate --data ~/cifar --model net2.pt --classifier fc.pt --split val --out metrics.json --plot metrics.png
     """
-    pcfg = _pipeline_config(config, set_)
-    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
-    cfg = with_options(pcfg.evaluate, dict(split=split), "evaluate")
+    pcfg = given.pipeline()
+    cfg = given.section("evaluate", pcfg.evaluate)
     with progress_bar() as report:
-        result, metrics = stages.evaluate(
-            dcfg, cfg, model=model, classifier=classifier, out=out, plot=plot,
-            seed=pcfg.seed if seed is None else seed, device=device or pcfg.device, progress=report,
-        )
-    if json_out:
+        result, metrics = stages.evaluate(pcfg.data, cfg, model=model, classifier=classifier, out=out, plot=plot,
+                                          seed=pcfg.seed, device=pcfg.device, progress=report)
+    if given.json:
         print_json(metrics)
     else:
         print_summary(result)
@@ -633,15 +599,12 @@ def _print_per_class(metrics: dict) -> None:
 # --------------------------------------------------------------------------- export
 
 
-@command("export")
+@command("export", common=("json",))
 def export_cmd(
-    classifier: Annotated[Path, opt(None, None, "--classifier", help="Classifier .pt trained on that network.",
-                                    default="required")],
-    model: Annotated[Optional[Path], opt(None, None, "--model", "-m", help="Network .pt.",
-                                         default="the one a baseline carries")] = None,
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output TorchScript file.", default="model.pt")] = Path(
-        "model.pt"),
-    json_out: JsonOpt = False,
+    given: Given,
+    classifier: Annotated[Path, opt("--classifier", help="Classifier .pt trained on that network.", default="required")],
+    model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt.", default="the one a baseline carries")] = None,
+    out: Annotated[Path, opt("--out", "-o", help="Output TorchScript file.", default="model.pt")] = Path("model.pt"),
 ) -> None:
     """Export network + classifier as one plain TorchScript nn.Sequential (load with torch.jit.load, no hgm needed).
 
@@ -651,36 +614,18 @@ def export_cmd(
 
       python -c "import torch; m = torch.jit.load('model.pt'); print(m(torch.zeros(1, 3, 32, 32)).argmax(1))"
     """
-    result = stages.export(model=model, classifier=classifier, out=out)
-    _finish(result, json_out)
+    _finish(stages.export(model=model, classifier=classifier, out=out), given.json)
 
 
 # --------------------------------------------------------------------------- baseline
 
 
-@command("baseline")
+@command("baseline", sections={"data": DATA_HELP, "baseline": BASELINE_HELP, "classifier": ADAM_HELP},
+         renamed={"--iterations": ("classifier", "adam_steps")})
 def baseline_cmd(
-    arch: Annotated[Optional[str], opt(BaselineConfig, "arch", "--arch", help="Figure 3's comparison network.")] = None,
-    head: Annotated[Optional[str], opt(BaselineConfig, "head", "--head", help="fc (384-192 ReLU) or linear.")] = None,
-    out: Annotated[Path, opt(None, None, "--out", "-o", help="Output classifier .pt (carries its network).",
+    given: Given,
+    out: Annotated[Path, opt("--out", "-o", help="Output classifier .pt (carries its network).",
                              default="baseline.pt")] = Path("baseline.pt"),
-    data: DataOpt = None,
-    adam_steps: Annotated[Optional[int], opt(ClassifierConfig, "adam_steps", "--adam-steps",
-                                             help="Adam steps (the paper: 100,000).")] = None,
-    eval_every: Annotated[Optional[int], opt(ClassifierConfig, "eval_every", "--eval-every",
-                                             help="Validation accuracy every N steps.")] = None,
-    batch_size: Annotated[Optional[int], opt(ClassifierConfig, "batch_size", "--batch-size",
-                                             help="Examples per Adam step.")] = None,
-    lr: Annotated[Optional[float], opt(ClassifierConfig, "lr", "--lr", help="Adam learning rate.")] = None,
-    val_size: ValSizeOpt = None,
-    normalize: NormalizeOpt = None,
-    limit: LimitOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    json_out: JsonOpt = False,
-    iterations_: Annotated[Optional[int], old("--iterations", "--adam-steps")] = None,
 ) -> None:
     """Train one of the paper's comparison networks (Figure 3): the TensorFlow-tutorial CNN, or it with random frozen convs.
 
@@ -694,32 +639,25 @@ def baseline_cmd(
 
       hgm evaluate --data ~/cifar --classifier cnn-fc.pt --split val
     """
-    pcfg = _pipeline_config(config, set_)
-    dcfg = _data_config(pcfg, data, val_size, normalize, limit)
-    options = dict(adam_steps=_renamed(iterations_, "--iterations", adam_steps, "--adam-steps"), eval_every=eval_every,
-                   batch_size=batch_size, lr=lr)
-    cfg = with_options(pcfg.classifier, options, "classifier")
-    bcfg = with_options(pcfg.baseline, dict(arch=arch, head=head), "baseline")
-    with progress_bar() as report:
-        result = stages.baseline(dcfg, cfg, bcfg, out=out, seed=pcfg.seed if seed is None else seed,
-                                 device=device or pcfg.device, progress=report)
-    _finish(result, json_out)
+    pcfg = given.pipeline()
+    cfg, bcfg = given.section("classifier", pcfg.classifier), given.section("baseline", pcfg.baseline)
+    _run(given, lambda report: stages.baseline(pcfg.data, cfg, bcfg, out=out, seed=pcfg.seed, device=pcfg.device,
+                                               progress=report))
 
 
 # --------------------------------------------------------------------------- pipeline
 
 
-@command("pipeline")
+def _echo() -> Callable[[str], None] | None:
+    return (lambda line: err_console.print(line, markup=False, highlight=False)) if state.verbosity >= 1 else None
+
+
+@command("pipeline", sections={"data": {"root": DATA_HELP["root"]}}, common=("set", "seed", "device", "json"))
 def pipeline_cmd(
-    config: Annotated[Path, opt(None, None, "--config", "-c", help="Pipeline YAML (see configs/).", default="required")],
-    set_: SetOpt = None,
-    out: Annotated[Optional[Path], opt(None, None, "--out", "-o", help="Run folder.",
-                                       default="runs/<config name>")] = None,
-    force: Annotated[bool, opt(None, None, "--force", help="Rerun every stage, even up-to-date ones.", default="no")] = False,
-    data: DataOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    json_out: JsonOpt = False,
+    given: Given,
+    config: Annotated[Path, opt("--config", "-c", help="Pipeline YAML (see configs/).", default="required")],
+    out: Annotated[Optional[Path], opt("--out", "-o", help="Run folder.", default="runs/<config name>")] = None,
+    force: Annotated[bool, opt("--force", help="Rerun every stage, even up-to-date ones.", default="no")] = False,
 ) -> None:
     """Algorithm 1 end to end: (generate) -> (cluster -> train-layer) per layer -> fit-svm -> evaluate.
 
@@ -735,17 +673,11 @@ def pipeline_cmd(
     """
     from .pipeline import run_pipeline
 
-    pcfg = _pipeline_config(config, set_)
-    overrides = {k: v for k, v in dict(seed=seed, device=device).items() if v is not None}
-    if overrides:
-        pcfg = with_options(pcfg, overrides)
-    if data is not None:
-        pcfg.data = with_options(pcfg.data, dict(root=data), "data")
+    given.config = config
     run_dir = out or Path("runs") / config.stem
-    echo = (lambda line: err_console.print(line, markup=False, highlight=False)) if state.verbosity >= 1 else None
     with progress_bar() as report:
-        metrics, records = run_pipeline(pcfg, run_dir, force=force, progress=report, echo=echo)
-    if json_out:
+        metrics, records = run_pipeline(given.pipeline(), run_dir, force=force, progress=report, echo=_echo())
+    if given.json:
         print_json(metrics)
         return
     table = Table(title=f"hgm pipeline {run_dir}", title_justify="left")
@@ -764,21 +696,17 @@ def pipeline_cmd(
 # --------------------------------------------------------------------------- search
 
 
-@command("search")
+@command("search", sections={"data": {"root": DATA_HELP["root"]}}, common=("set", "seed", "json"))
 def search_cmd(
-    config: Annotated[Path, opt(None, None, "--config", "-c", help="Pipeline YAML to search around.", default="required")],
-    trials: Annotated[int, opt(None, None, "--trials", "-t", help="Number of random trials.", default="10")] = 10,
-    out: Annotated[Optional[Path], opt(None, None, "--out", "-o", help="Folder for the trials.",
+    given: Given,
+    config: Annotated[Path, opt("--config", "-c", help="Pipeline YAML to search around.", default="required")],
+    trials: Annotated[int, opt("--trials", "-t", help="Number of random trials.", default="10")] = 10,
+    out: Annotated[Optional[Path], opt("--out", "-o", help="Folder for the trials.",
                                        default="runs/search-<config name>")] = None,
     space: Annotated[Optional[list[str]], opt(
-        None, None, "--space",
-        help="key=low:high[:log] for numbers, key=a,b,c (or key=*: every choice) for choices; repeatable; "
-             "'*.train.bias' means every layer.", default="around the config")] = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-    seed: SeedOpt = None,
-    force: Annotated[bool, opt(None, None, "--force", help="Rerun trials whose folders are up to date.", default="no")] = False,
-    json_out: JsonOpt = False,
+        "--space", help="key=low:high[:log] for numbers, key=a,b,c (or key=*: every choice) for choices; repeatable; "
+                        "'*.train.bias' means every layer.", default="around the config")] = None,
+    force: Annotated[bool, opt("--force", help="Rerun trials whose folders are up to date.", default="no")] = False,
 ) -> None:
     """Random parameter search (appendix C) on the validation split: one pipeline run per trial, best config as YAML.
 
@@ -792,17 +720,13 @@ def search_cmd(
     """
     from .search import parse_space, run_search
 
-    pcfg = _pipeline_config(config, set_)
-    if data is not None:
-        pcfg.data = with_options(pcfg.data, dict(root=data), "data")
+    given.config = config
+    pcfg = given.pipeline()
     folder = out or Path("runs") / f"search-{config.stem}"
-    echo = (lambda line: err_console.print(line, markup=False, highlight=False)) if state.verbosity >= 1 else None
     with progress_bar() as report:
-        ranked = run_search(
-            pcfg, folder, trials, space=parse_space(space, pcfg) if space else None,
-            seed=pcfg.seed if seed is None else seed, force=force, progress=report, echo=echo,
-        )
-    if json_out:
+        ranked = run_search(pcfg, folder, trials, space=parse_space(space, pcfg) if space else None, seed=pcfg.seed,
+                            force=force, progress=report, echo=_echo())
+    if given.json:
         print_json([{"trial": r.index, "val_accuracy": r.accuracy, "seconds": r.seconds, "values": r.values,
                      "run": r.run, "error": r.error} for r in ranked])
         return
@@ -819,7 +743,7 @@ def search_cmd(
 
 
 def main() -> None:
-    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal prints "?" for "§", never crashes after the work
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal gets "\xa7" for "§": never a crash after the work
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
+            stream.reconfigure(errors="backslashreplace")
     app()

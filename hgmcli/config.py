@@ -27,6 +27,7 @@ import math
 import os
 import types
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -277,6 +278,25 @@ def choices_of(tp: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _choice(value: Any, choices: tuple, key: str) -> Any:
+    if value in choices:
+        return value
+    raise ConfigError(f"config key '{key}': expected one of {', '.join(map(str, choices))}; got {_describe(value)}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# type -> (what the error says is expected, accepts(value), convert(value))
+_SCALARS: dict[type, tuple[str, Callable[[Any], bool], Callable[[Any], Any]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool), bool),
+    int: ("an integer", lambda v: _is_number(v) and float(v).is_integer(), int),  # 3.0 is 3
+    float: ("a number", _is_number, float),
+    str: ("a string", lambda v: isinstance(v, str), str),
+}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
@@ -285,10 +305,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         base, *extras = get_args(tp)
         for extra in extras:
             if isinstance(extra, Choices):
-                names = extra.names()
-                if value not in names:
-                    raise ConfigError(f"config key '{key}': expected one of {', '.join(names)}; got {_describe(value)}")
-                return value
+                return _choice(value, extra.names(), key)
         value = _coerce(value, base, key)
         for extra in extras:
             if isinstance(extra, Range):
@@ -318,28 +335,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if value is None:
         raise ConfigError(f"config key '{key}': must not be null")
     if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        raise ConfigError(f"config key '{key}': expected one of {', '.join(map(str, choices))}; got {_describe(value)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}': expected true or false, got {_describe(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {_describe(value)}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}': expected a number, got {_describe(value)}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"config key '{key}': expected a string, got {_describe(value)}")
+        return _choice(value, get_args(tp), key)
+    if tp in _SCALARS:
+        what, accepts, convert = _SCALARS[tp]
+        if accepts(value):
+            return convert(value)
+        raise ConfigError(f"config key '{key}': expected {what}, got {_describe(value)}")
     if origin is list:
         (item_tp,) = get_args(tp)
         if not isinstance(value, list):
@@ -490,7 +491,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     try:
         value = safe_yaml(raw, "--set") if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer beyond Python's 4,300-digit limit
         value = raw
     return key.split("."), value
 

@@ -252,9 +252,9 @@ def _detect(path: Path, download: bool, split: str) -> tuple[str, Path]:
     return "cifar10", folder
 
 
-def _val_count(val_size: float | None, n: int, source: str) -> int:
-    """Rows in the validation slice: None auto, >= 1 a count, (0, 1) a fraction, 0 none."""
-    if val_size is None:
+def _val_count(val_size: float | str, n: int, source: str) -> int:
+    """Rows in the validation slice: "auto", >= 1 a count, (0, 1) a fraction, 0 none."""
+    if val_size == "auto":
         count = CIFAR_VAL_SIZE if source == "cifar10" else round(AUTO_VAL_FRACTION * n)
     elif val_size < 0:
         raise DataError(f"data.val_size must not be negative, got {val_size}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,23 @@ def _rows(images: np.ndarray | torch.Tensor, idx: np.ndarray) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images[torch.from_numpy(np.asarray(idx))]
     return torch.from_numpy(np.ascontiguousarray(images[idx]))
+
+
+@dataclass
+class Examples:
+    """What a trainer (``train.TRAIN_MODES``, ``classify.HEADS``) learns from:
+    the training split's features and labels, and the validation split's
+    (None: no validation curve)."""
+
+    train: FrozenFeatures
+    y: np.ndarray  # (N,) int64 class ids
+    n_classes: int
+    val: FrozenFeatures | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None and self.y_val is not None and len(self.val) > 0
 
 
 # --------------------------------------------------------------------------- outputs kept between stages

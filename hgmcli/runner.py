@@ -123,11 +123,11 @@ def run_stage(
 
     spec = STAGES[stage]
     inputs = inputs or {}
+    for p in (out, *extra_outputs):  # never an input, a device or a FIFO; before any long computation
+        if p is not None:
+            artifacts.guard_output(p, inputs=inputs.values())
     if reuse and out is not None and (hit := reuse_existing(out, stage, record, seed, inputs)):
         return hit
-    for p in (out, *extra_outputs):
-        if p is not None:
-            artifacts.ensure_writable(p)
     dev = None
     if device is not None:
         dev = resolve_device(dist.init_from_env(device) if distributed else device)

@@ -168,8 +168,9 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
             budget = features.memory_budget(rcfg.memory_budget)
             splits = features.block_features(net, block, model, ds, ds_val, rcfg, budget, dev, cache, progress)
             feats, vfeats = splits[0][1], splits[1][1]
-            res = fit(feats, ds.labels, vfeats, ds_val.labels if ds_val is not None else None,
-                      len(ds.label_names), rcfg, seed=seed, device=dev, progress=progress)
+            ex = features.Examples(feats, ds.labels, len(ds.label_names), vfeats,
+                                   ds_val.labels if ds_val is not None else None)
+            res = fit(ex, rcfg, seed=seed, device=dev, progress=progress)
             proj, tstats = res.proj, {**res.stats, "features": feats.stats()}
         net = net.cpu()
         net.blocks.append(Block(conv.cpu(), rcfg.pool, rcfg.pool_size, proj))
@@ -220,9 +221,9 @@ def fit_svm(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
                   for d in (ds, ds_val)]
         feats, vfeats = splits
         rcfg = resolve_classifier(cfg, len(ds), int(np.prod(feats.shape)), dev, budget)
-        res = classify.HEADS[rcfg.head].fit(feats, ds.labels, len(ds.label_names), rcfg, seed=seed, budget=budget,
-                                            val=vfeats, y_val=ds_val.labels if ds_val is not None else None,
-                                            progress=progress)
+        ex = features.Examples(feats, ds.labels, len(ds.label_names), vfeats,
+                               ds_val.labels if ds_val is not None else None)
+        res = classify.HEADS[rcfg.head].fit(ex, rcfg, seed=seed, budget=budget, progress=progress)
         train_acc = classify.accuracy(res.head, feats, ds.labels)
         payload = {
             "kind": rcfg.head,
@@ -310,7 +311,7 @@ def evaluate(data_cfg, cfg, *, model: str | Path | None, classifier: str | Path,
         return Produced(save, result, summary, outputs={"plot": Path(plot)} if plot else {})
 
     res = run_stage("evaluate", body, out=out, device=device, extra_outputs=(plot,) if plot else (),
-                    inputs={"classifier": classifier, "model": model})
+                    inputs={"classifier": classifier, "model": model, "data": data.data_path(data_cfg)})
     return res, {**result, "seconds": res.stats["seconds"]}
 
 

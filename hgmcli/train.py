@@ -36,7 +36,7 @@ from torch import nn
 
 from . import adam, dist
 from .errors import TrainingError
-from .features import FrozenFeatures
+from .features import Examples, FrozenFeatures
 from .network import uniform_sphere_rows
 from .progress import Progress, no_progress
 
@@ -56,22 +56,13 @@ class TrainResult:
 # --------------------------------------------------------------------------- adam-ce and jl
 
 
-def train_adam(
-    feats: FrozenFeatures,
-    y: np.ndarray,
-    val: FrozenFeatures | None,
-    y_val: np.ndarray | None,
-    n_classes: int,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    device: torch.device,
-    progress: Progress = no_progress,
-) -> TrainResult:
+def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.device,
+               progress: Progress = no_progress) -> TrainResult:
     """§6: Conv1x1 (k -> n) + affine head, Adam on cross-entropy; returns the 1x1 weight.
 
     With ``cfg.mode == "jl"`` the 1x1 conv is a fixed Gaussian projection and
     only the head is trained. Validation accuracy after every epoch."""
+    feats = ex.train
     k, h, w = feats.shape
     n = cfg.out_channels
     gen = torch.Generator().manual_seed(seed)
@@ -82,7 +73,7 @@ def train_adam(
         else:  # PyTorch's default Conv init range, drawn from our generator
             proj.weight.copy_((torch.rand(n, k, 1, 1, generator=gen) * 2 - 1) / math.sqrt(k))
     proj.weight.requires_grad_(cfg.mode != "jl")
-    head = torch.nn.utils.skip_init(nn.Linear, n * h * w, n_classes)
+    head = torch.nn.utils.skip_init(nn.Linear, n * h * w, ex.n_classes)
     with torch.no_grad():
         hb = 1.0 / math.sqrt(n * h * w)
         head.weight.copy_((torch.rand(head.weight.shape, generator=gen) * 2 - 1) * hb)
@@ -94,7 +85,7 @@ def train_adam(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    y_t = torch.as_tensor(y, dtype=torch.long)
+    y_t = torch.as_tensor(ex.y, dtype=torch.long)
     world, rank = dist.world(), dist.rank()
 
     def batch_loss(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +104,8 @@ def train_adam(
     steps_per_epoch = math.ceil(len(feats) / cfg.batch_size)
     total = cfg.adam_steps if cfg.adam_steps is not None else cfg.epochs * steps_per_epoch
     evaluate = None
-    if val is not None and y_val is not None and len(val) > 0:
-        evaluate = lambda: evaluate_head(val, y_val, proj, head, device, cfg.batch_size)  # noqa: E731
+    if ex.has_val:
+        evaluate = lambda: evaluate_head(ex.val, ex.y_val, proj, head, device, cfg.batch_size)  # noqa: E731
     run = adam.train(
         [*proj.parameters(), *head.parameters()], batch_loss, len(feats), steps=total, batch_size=cfg.batch_size,
         lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed, eval_every=steps_per_epoch, evaluate=evaluate,
@@ -168,18 +159,8 @@ def tlgd_gradient(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor) -> torch.Te
     return -torch.einsum("b,bchw,jhw->cj", y, x, W)
 
 
-def train_tlgd(
-    feats: FrozenFeatures,
-    y: np.ndarray,
-    val: FrozenFeatures | None,
-    y_val: np.ndarray | None,
-    n_classes: int,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    device: torch.device,
-    progress: Progress = no_progress,
-) -> TrainResult:
+def train_tlgd(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.device,
+               progress: Progress = no_progress) -> TrainResult:
     """TLGD(S, T, eta, n, sigma) of §4.1 on the sample (the population loss
     replaced by its empirical mean). Returns K_T transposed as the (n, k)
     weight of the 1x1 conv.
@@ -187,8 +168,9 @@ def train_tlgd(
     The loss is linear in K, so its gradient is the same at every iterate
     (Lemma 3): we compute it with one pass over the data and take T steps,
     which is exactly T iterations of full-batch GD."""
+    feats = ex.train
     k, h, w = feats.shape
-    ys = signed_labels(y)
+    ys = signed_labels(ex.y)
     gen = torch.Generator().manual_seed(seed)
     n = cfg.out_channels
     W = torch.randn(n, h, w, generator=gen).to(device)  # W_0 ~ N(0, 1), fixed
@@ -219,14 +201,14 @@ def train_tlgd(
         "seconds": round(time.perf_counter() - t0, 3),
         "loss": losses[:: max(1, len(losses) // 50)] + ([losses[-1]] if len(losses) % 50 else []),
     }
-    if val is not None and y_val is not None and len(val) > 0:
+    if ex.has_val:
         correct = 0
-        yv = signed_labels(y_val)
+        yv = signed_labels(ex.y_val)
         with torch.no_grad():
-            for idx, x in val.batches(np.arange(len(val)), 512):
+            for idx, x in ex.val.batches(np.arange(len(ex.val)), 512):
                 y_hat = torch.einsum("bchw,cj,jhw->b", x, K, W)
                 correct += int((torch.sign(y_hat).cpu() == yv[torch.from_numpy(idx)]).sum())
-        stats["val_accuracy"] = [correct / len(val)]
+        stats["val_accuracy"] = [correct / len(ex.val)]
     return TrainResult(K.t().contiguous().cpu(), stats)
 
 
@@ -235,9 +217,9 @@ def train_tlgd(
 
 @dataclass(frozen=True)
 class TrainMode:
-    """How a block's 1x1 conv is made. ``fit(feats, y, val, y_val, n_classes,
-    cfg, *, seed, device, progress) -> TrainResult``; None: the block keeps the
-    encoder's k channels (no 1x1 conv)."""
+    """How a block's 1x1 conv is made. ``fit(examples, cfg, *, seed, device,
+    progress) -> TrainResult``; None: the block keeps the encoder's k channels
+    (no 1x1 conv)."""
 
     fit: Callable[..., TrainResult] | None
     help: str  # one line, shown by `hgm train-layer --help`

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from hgmcli import artifacts, baselines, data, generative, stages
 from hgmcli.config import ClassifierConfig, DataConfig, EvaluateConfig, GenerateConfig
+from hgmcli.classify import build_head, load_classifier
 from hgmcli.errors import HgmError, TrainingError
 
 CPU = torch.device("cpu")
@@ -22,7 +23,7 @@ CPU = torch.device("cpu")
 def synth(tmp_path_factory) -> Path:
     """200 train (150 + 50 val) / 100 test 16x16 greyscale images, 3 classes."""
     path = tmp_path_factory.mktemp("baselines") / "synth.npz"
-    cfg = GenerateConfig(depth=2, patch_size=2, m0=4, classes=[3], k=3, n_train=200, n_test=100)
+    cfg = GenerateConfig(depth=2, patch_size=2, m0=4, classes=[3], patches_per_class=3, n_train=200, n_test=100)
     model, arrays, _ = generative.generate(cfg, seed=0)
     meta = artifacts.make_meta("dataset", "generate", {}, model=model.params(), label_names=model.label_names)
     artifacts.save_npz(path, arrays, meta)
@@ -48,7 +49,7 @@ def splits(synth):
 
 
 def _cfg(**kw) -> ClassifierConfig:
-    base = dict(iterations=10, eval_every=5, batch_size=32, lr=1e-3, batch_size_features=64)
+    base = dict(adam_steps=10, eval_every=5, batch_size=32, lr=1e-3, batch_size_features=64)
     return ClassifierConfig(**{**base, **kw})
 
 
@@ -62,7 +63,7 @@ def _train(splits, arch: str, head: str, seed: int = 0, **kw):
 @pytest.fixture(scope="module")
 def trained(splits) -> dict:
     """Each baseline trained once (10 steps, a curve point every 5), shared by the tests below."""
-    return {(a, h): _train(splits, a, h, iterations=10, eval_every=5) for a in baselines.ARCHS for h in baselines.HEADS}
+    return {(a, h): _train(splits, a, h, adam_steps=10, eval_every=5) for a in baselines.ARCHS for h in baselines.HEADS}
 
 
 def _initial(splits, head: str, seed: int = 0):
@@ -70,7 +71,7 @@ def _initial(splits, head: str, seed: int = 0):
     _, ds, _, norm = splits
     gen = torch.Generator().manual_seed(seed)
     net = baselines.build_cnn(list(ds.images.shape[1:]), norm, gen=gen)
-    clf = baselines.build_baseline_head(head, int(np.prod(net.output_shape())), len(ds.label_names), [384, 192], gen=gen)
+    clf = build_head(head, int(np.prod(net.output_shape())), len(ds.label_names), [384, 192], gen=gen)
     return net, clf
 
 
@@ -84,7 +85,7 @@ def test_cnn_shapes_follow_the_tf_tutorial(splits):
     net = baselines.build_cnn([3, 32, 32], {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3}, gen=torch.Generator())
     assert net.output_shape() == [64, 8, 8]  # 32 -> 16 -> 8 with pool(3, 2, pad 1)
     assert [tuple(b.conv.weight.shape) for b in net.blocks] == [(64, 3, 5, 5), (64, 64, 5, 5)]
-    head = baselines.build_baseline_head("fc", 4096, 10, [384, 192], gen=torch.Generator())
+    head = build_head("fc", 4096, 10, [384, 192], gen=torch.Generator())
     assert [m.out_features for m in head if isinstance(m, torch.nn.Linear)] == [384, 192, 10]
     # Seeded: the same generator seed gives the same weights, and the global RNG is not consumed.
     state = torch.random.get_rng_state()
@@ -113,7 +114,7 @@ def test_cnn_loss_goes_down_on_a_fixed_batch(splits):
     fixed = dataclasses.replace(ds, images=ds.images[:32], labels=ds.labels[:32])  # every step sees this batch
     net0, clf0 = _initial(splits, "fc")
     net, clf, _, _ = baselines.train_baseline(
-        fixed, None, norm, arch="cnn", head="fc", cfg=_cfg(iterations=20), seed=0, device=CPU, memory_budget=0
+        fixed, None, norm, arch="cnn", head="fc", cfg=_cfg(adam_steps=20), seed=0, device=CPU, memory_budget=0
     )
     assert _loss(net, clf, fixed) < 0.5 * _loss(net0, clf0, fixed)
 
@@ -127,14 +128,14 @@ def test_random_convs_stay_frozen_and_cnn_convs_learn(splits, trained):
 
 
 def test_curve_point_at_the_last_step_when_not_a_multiple(splits):
-    _, _, curve, _ = _train(splits, "cnn-random", "linear", iterations=12, eval_every=5)
+    _, _, curve, _ = _train(splits, "cnn-random", "linear", adam_steps=12, eval_every=5)
     assert [s for s, _ in curve] == [5, 10, 12]
 
 
 def test_no_validation_split_gives_no_curve(splits):
     _, ds, _, norm = splits
     _, _, curve, stats = baselines.train_baseline(
-        ds, None, norm, arch="cnn", head="linear", cfg=_cfg(iterations=3), seed=0, device=CPU, memory_budget=0
+        ds, None, norm, arch="cnn", head="linear", cfg=_cfg(adam_steps=3), seed=0, device=CPU, memory_budget=0
     )
     assert curve == [] and stats["iterations"] == 3
 
@@ -164,7 +165,7 @@ def test_payload_round_trips_through_evaluate_and_export(splits, trained, plain,
     _, ds, _, _ = splits
     path, net, clf, curve = _save(tmp_path, splits, trained, arch)
 
-    head, loaded, _ = stages.load_classifier(path)
+    head, loaded, _ = load_classifier(path)
     assert loaded["kind"] == "fc" and loaded["dims"] == [1024, 384, 192, len(ds.label_names)] and loaded["arch"] == arch
 
     dcfg = DataConfig(root=str(plain), val_size=50)
@@ -210,6 +211,6 @@ def test_nan_loss_names_the_step(splits):
     images[:] = np.nan  # every batch is NaN: the first step's loss already is
     bad = dataclasses.replace(ds, images=images)
     with pytest.raises(TrainingError) as e:
-        baselines.train_baseline(bad, ds_val, norm, arch="cnn", head="linear", cfg=_cfg(iterations=3), seed=0,
+        baselines.train_baseline(bad, ds_val, norm, arch="cnn", head="linear", cfg=_cfg(adam_steps=3), seed=0,
                                  device=CPU, memory_budget=0)
-    assert str(e.value) == "cnn+linear loss became nan at step 1; lower --lr"
+    assert str(e.value) == "baseline cnn+linear: the loss became nan at step 1; lower the learning rate (lr)"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hgmcli import classify, stages
+from hgmcli import classify
 from hgmcli.cli import app
-from hgmcli.config import ClassifierConfig, DataConfig, EvaluateConfig
-from hgmcli.train import FrozenFeatures
+from hgmcli.config import ClassifierConfig
+from hgmcli.features import Examples, FrozenFeatures
 
 runner = CliRunner()
 
@@ -66,8 +66,8 @@ def test_binary_svm_head_predicts_like_the_decision_function():
 @pytest.mark.parametrize("kind", ["linear", "fc"])
 def test_adam_heads_learn_and_record_one_point_per_eval_every(kind):
     x, y = problem()
-    cfg = ClassifierConfig(classifier=kind, iterations=120, eval_every=40, batch_size=32, lr=3e-3, hidden=[16, 8])
-    res = classify.fit_adam(Dense(x), y, 3, cfg, seed=0, val=Dense(x[:100]), y_val=y[:100])
+    cfg = ClassifierConfig(head=kind, adam_steps=120, eval_every=40, batch_size=32, lr=3e-3, hidden=[16, 8])
+    res = classify.fit_adam(Examples(Dense(x), y, 3, Dense(x[:100]), y[:100]), cfg, seed=0)
     assert [s for s, _ in res.curve] == [40, 80, 120]
     assert res.curve[-1][1] > 0.8
     assert classify.head_spec(res.head) == ([20, 16, 8, 3] if kind == "fc" else [20, 3])
@@ -82,10 +82,10 @@ def _synthetic_run(tmp_path):
         assert r.exit_code == 0, r.output
         return r
 
-    ok("generate", "--out", data, "--depth", 2, "--patch-size", 2, "--m0", 4, "--classes", "3", "--k", 3,
+    ok("generate", "--out", data, "--depth", 2, "--patch-size", 2, "--m0", 4, "--classes", "3", "--patches-per-class", 3,
        "--n-train", 5000, "--n-test", 500)
     ok("cluster", "--data", data, "--out", tmp_path / "c1.npz", "--patches", 20000)
-    ok("train-layer", "--data", data, "--centroids", tmp_path / "c1.npz", "--mode", "gd-linear", "--n", 16,
+    ok("train-layer", "--data", data, "--centroids", tmp_path / "c1.npz", "--mode", "gd-linear", "--out-channels", 16,
        "--out", tmp_path / "n1.pt")
     ok("cluster", "--data", data, "--model", tmp_path / "n1.pt", "--out", tmp_path / "c2.npz", "--patches", 20000)
     ok("train-layer", "--data", data, "--model", tmp_path / "n1.pt", "--centroids", tmp_path / "c2.npz",

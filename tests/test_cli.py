@@ -36,7 +36,7 @@ def test_every_command_is_listed_in_the_main_help():
 
 
 def test_usage_error_exits_2():
-    r = run("generate", "--k", "notanumber")
+    r = run("generate", "--patches-per-class", "notanumber")
     assert r.exit_code == 2
     r = run("no-such-command")
     assert r.exit_code == 2
@@ -45,10 +45,10 @@ def test_usage_error_exits_2():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--k", "0"], "Error: --k must be >= 1, got 0"),
-        (["--depth", "0"], "Error: --depth must be >= 1, got 0"),
-        (["--patch-size", "1", "--orthonormal"], "Error: --orthonormal needs"),
-        (["--model", "nope"], "Error: config key 'generate.model': expected one of hierarchical, digits; got 'nope'"),
+        (["--patches-per-class", "0"], "Error: config key 'generate.patches_per_class': must be >= 1, got 0"),
+        (["--depth", "0"], "Error: config key 'generate.depth': must be >= 1, got 0"),
+                (["--patch-size", "1", "--orthonormal"], "Error: --orthonormal needs"),
+        (["--family", "nope"], "Error: config key 'generate.family': expected one of hierarchical, digits; got 'nope' (str)"),
         (["--classes", "a,b"], "Error: --classes expects integers separated by commas, got 'a,b'"),
     ],
 )
@@ -85,19 +85,20 @@ def test_cluster_and_train_layer_json_is_parseable(tmp_path):
     assert sum(info["stats"]["sizes"]) == 500 and info["outputs"]["centroids"] == str(c)
     r = run("train-layer", "--data", d, "--centroids", c, "--mode", "gd-linear", "--out", n, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["outputs"]["model"] == str(n)
+    assert json.loads(r.stdout)["outputs"]["network"] == str(n)
 
 
 def test_unknown_set_key_is_named(tmp_path):
     r = run("generate", "--out", tmp_path / "d.npz", "--set", "generate.kk=3")
     assert r.exit_code == 1
-    assert r.stderr.startswith("Error: unknown config key 'generate.kk' (known: model, depth")
+    assert r.stderr.startswith("Error: unknown config key 'generate.kk' (known: family, depth")
 
 
 def test_missing_files_are_one_line_errors(tmp_path):
     r = run("cluster", "--data", tmp_path / "nope.npz", "--out", tmp_path / "c.npz")
     assert r.exit_code == 1 and r.stderr.strip() == f"Error: data not found: {tmp_path / 'nope.npz'}"
-    r = run("evaluate", "--data", tmp_path / "nope.npz", "--classifier", tmp_path / "cls.pt")
+    r = run("generate", "--out", tmp_path / "d.npz", "--n-train", 20, "--n-test", 10, "--depth", 2)
+    r = run("evaluate", "--data", tmp_path / "d.npz", "--classifier", tmp_path / "cls.pt")
     assert r.exit_code == 1 and r.stderr.strip() == f"Error: no such file: {tmp_path / 'cls.pt'}"
 
 
@@ -179,5 +180,38 @@ def test_nan_loss_stops_with_the_step_and_writes_nothing(tmp_path):
     r = run("train-layer", "--data", data, "--centroids", tmp_path / "c.npz", "--activation", "relu", "--lr", "1e30",
             "--batch-size", 16, "--out", tmp_path / "n.pt")
     assert r.exit_code == 1
-    assert r.stderr.startswith("Error: loss became nan at epoch 1, step ") and r.stderr.strip().endswith("lower --lr")
+    assert r.stderr.startswith("Error: 1x1 conv (adam-ce): the loss became nan at step ")
+    assert r.stderr.strip().endswith("lower the learning rate (lr)") and r.stderr.count("\n") == 1
     assert not (tmp_path / "n.pt").exists()
+
+
+# --------------------------------------------------------------------------- renamed options, -v/-q (issue 12)
+
+
+def test_old_option_spellings_still_work_with_one_warning_each(tmp_path):
+    new = run("generate", "--out", tmp_path / "new.npz", "--family", "hierarchical", "--patches-per-class", 3,
+              "--depth", 2, "--classes", 3, "--n-train", 40, "--n-test", 10)
+    old = run("generate", "--out", tmp_path / "old.npz", "--model", "hierarchical", "--k", 3,
+              "--depth", 2, "--classes", 3, "--n-train", 40, "--n-test", 10)
+    assert new.exit_code == 0 and old.exit_code == 0, old.output
+    assert new.stderr == ""
+    assert old.stderr.splitlines() == ["Warning: --model is deprecated; use --family",
+                                       "Warning: --k is deprecated; use --patches-per-class"]
+    from hgmcli import artifacts
+
+    a, b = (artifacts.load_npz(tmp_path / f, "dataset")[0]["x_train"] for f in ("new.npz", "old.npz"))
+    assert (a == b).all()
+
+
+def test_both_spellings_of_one_option_is_an_error(tmp_path):
+    r = run("generate", "--out", tmp_path / "d.npz", "--k", 3, "--patches-per-class", 4)
+    assert r.exit_code == 1 and r.stderr.strip() == "Error: --k and --patches-per-class are the same option: keep --patches-per-class"
+
+
+def test_verbose_after_the_command_logs_lines_when_stderr_is_not_a_terminal(tmp_path):
+    r = run("generate", "--out", tmp_path / "d.npz", "--n-train", 40, "--n-test", 10, "--depth", 2, "-v")
+    assert r.exit_code == 0
+    lines = r.stderr.splitlines()
+    assert lines and all(line.startswith("[generate] ") for line in lines), r.stderr
+    r = run("-q", "generate", "--out", tmp_path / "e.npz", "--n-train", 40, "--n-test", 10, "--depth", 2)
+    assert r.exit_code == 0 and r.stderr == ""

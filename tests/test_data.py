@@ -79,7 +79,7 @@ def test_npz_synthetic_splits_latents_and_model(tmp_path):
 
 @pytest.mark.parametrize(
     ("val_size", "limit", "sizes"),
-    [(None, None, (18, 2)), (0.25, None, (15, 5)), (3, None, (17, 3)), (3, 4, (4, 3)), (0, None, (20, None))],
+    [("auto", None, (18, 2)), (0.25, None, (15, 5)), (3, None, (17, 3)), (3, 4, (4, 3)), (0, None, (20, None))],
 )
 def test_val_size_and_limit(tmp_path, val_size, limit, sizes):
     path = tmp_path / "d.npz"

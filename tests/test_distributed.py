@@ -37,7 +37,7 @@ def torchrun(*args, cwd):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist") / "d.npz"
-    r = runner.invoke(app, ["generate", "--out", str(d), "--depth", "2", "--classes", "3", "--k", "3",
+    r = runner.invoke(app, ["generate", "--out", str(d), "--depth", "2", "--classes", "3", "--patches-per-class", "3",
                             "--n-train", "1200", "--n-test", "100"])
     assert r.exit_code == 0, r.output
     return d

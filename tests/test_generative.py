@@ -11,7 +11,7 @@ from hgmcli import generative as g
 from hgmcli.config import GenerateConfig
 from hgmcli.errors import ConfigError
 
-SMALL = dict(depth=3, patch_size=2, m0=3, classes=[3, 4, 5], k=4, n_train=300, n_test=100)
+SMALL = dict(depth=3, patch_size=2, m0=3, classes=[3, 4, 5], patches_per_class=4, n_train=300, n_test=100)
 
 
 def small(**kw) -> GenerateConfig:
@@ -100,7 +100,7 @@ def test_top_distribution_is_linearly_separable(small_run):
 
 
 def test_orthonormal_final_patches():
-    cfg = GenerateConfig(depth=2, patch_size=4, m0=2, classes=[4], k=4, orthonormal=True, n_train=10, n_test=0)
+    cfg = GenerateConfig(depth=2, patch_size=4, m0=2, classes=[4], patches_per_class=4, orthonormal=True, n_train=10, n_test=0)
     model = g.build_model(cfg, np.random.default_rng(0))
     p = model.patch_sets[-1].reshape(16, 16).astype(np.float64)
     np.testing.assert_allclose(p @ p.T, np.eye(16), atol=1e-6)
@@ -139,7 +139,7 @@ def test_noise_is_added():
 def test_depth_one_orthonormal_is_linearly_separable():
     """Lemma 1: with orthonormal patches a depth-1 model is linearly separable on raw pixels
     (this also shows the raw-pixel probe below *can* detect separability)."""
-    cfg = GenerateConfig(depth=1, patch_size=4, m0=4, classes=[4], k=4, orthonormal=True, n_train=1000, n_test=500)
+    cfg = GenerateConfig(depth=1, patch_size=4, m0=4, classes=[4], patches_per_class=4, orthonormal=True, n_train=1000, n_test=500)
     _, a, _ = g.generate(cfg, seed=0)
     clf = _svc(C=10).fit(_flat(a["x_train"]), a["y_train"])
     assert clf.score(_flat(a["x_train"]), a["y_train"]) == 1.0
@@ -174,7 +174,7 @@ def test_default_config_raw_pixels_not_linearly_separable_full_size():
 
 
 def test_digits_shapes_and_classes():
-    model, a, _ = g.generate(GenerateConfig(model="digits", n_train=400, n_test=10, depth=7, k=99), seed=0)
+    model, a, _ = g.generate(GenerateConfig(family="digits", n_train=400, n_test=10, depth=7, patches_per_class=99), seed=0)
     assert (model.depth, model.patch_size, model.m0, model.classes, model.k, model.labels) == (2, 3, 3, [9, 6], 4, 2)
     assert a["x_train"].shape == (400, 1, 27, 27)
     assert a["latent_train_0"].shape == (400, 3, 3) and a["latent_train_1"].shape == (400, 9, 9)
@@ -194,7 +194,7 @@ def test_digit_glyphs_readable():
     """10 distinct glyphs, 5 per parity, each a single connected stroke when rendered."""
     from scipy import ndimage
 
-    model = g.build_model(GenerateConfig(model="digits"), np.random.default_rng(0))
+    model = g.build_model(GenerateConfig(family="digits"), np.random.default_rng(0))
     glyphs, parity = model.top["glyphs"], model.top["glyph_labels"]
     assert len(np.unique(glyphs.reshape(10, -1), axis=0)) == 10
     assert np.array_equal(np.bincount(parity), [5, 5])
@@ -215,7 +215,7 @@ def test_digit_glyphs_readable():
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(k=0), "--k must be >= 1, got 0"),
+        (dict(patches_per_class=0), "--patches-per-class must be >= 1, got 0"),
         (dict(depth=0), "--depth must be >= 1, got 0"),
         (dict(patch_size=0), "--patch-size must be >= 1, got 0"),
         (dict(m0=0), "--m0 must be >= 1, got 0"),
@@ -227,17 +227,17 @@ def test_digit_glyphs_readable():
         (dict(n_test=-1), "--n-test must be >= 0, got -1"),
         (dict(noise=-0.5), "--noise must be a finite number >= 0, got -0.5"),
         (
-            dict(patch_size=1, orthonormal=True, k=8, classes=[4]),
-            "--orthonormal needs patch_size² ≥ k·|C_2| (1 < 8·4): raise --patch-size or lower --k/--classes",
+            dict(patch_size=1, orthonormal=True, patches_per_class=8, classes=[4]),
+            "--orthonormal needs patch_size² ≥ k·|C_2| (1 < 8·4): raise --patch-size or lower --patches-per-class/--classes",
         ),
         (
-            dict(depth=1, patch_size=1, orthonormal=True, k=8, classes=[4]),
-            "--orthonormal needs patch_size² ≥ k·|C_0| (1 < 8·4): raise --patch-size or lower --k/--classes",
+            dict(depth=1, patch_size=1, orthonormal=True, patches_per_class=8, classes=[4]),
+            "--orthonormal needs patch_size² ≥ k·|C_0| (1 < 8·4): raise --patch-size or lower --patches-per-class/--classes",
         ),
         (
-            dict(depth=2, classes=[4, 2], k=8),
-            "--k/--classes: level 0 needs k·|C_0| = 8·4 = 32 distinct patches but only "
-            "|C_1|^(s²) = 2^4 = 16 exist: lower --k or --classes, or raise --patch-size",
+            dict(depth=2, classes=[4, 2], patches_per_class=8),
+            "--patches-per-class/--classes: level 0 needs k·|C_0| = 8·4 = 32 distinct patches but only "
+            "|C_1|^(s²) = 2^4 = 16 exist: lower --patches-per-class or --classes, or raise --patch-size",
         ),
         (
             dict(depth=10, m0=8),
@@ -245,7 +245,7 @@ def test_digit_glyphs_readable():
             "at most 4096x4096: lower --depth, --patch-size or --m0",
         ),
         (
-            dict(m0=1, classes=[1], k=1, labels=2),
+            dict(m0=1, classes=[1], patches_per_class=1, labels=2),
             "--labels 2: only |C_0|^(m0²) = 1 semantic images exist: raise --m0 or --classes",
         ),
     ],
@@ -257,9 +257,9 @@ def test_impossible_parameters(kw, message):
 
 
 def test_orthonormal_needs_room():
-    cfg = GenerateConfig(depth=2, patch_size=2, classes=[2], k=2, orthonormal=True)
+    cfg = GenerateConfig(depth=2, patch_size=2, classes=[2], patches_per_class=2, orthonormal=True)
     with pytest.raises(ConfigError, match=r"^--orthonormal needs patch_size² ≥ k·\|C_1\| \(4 < 3·2\)") as e:
-        g.build_model(GenerateConfig(**{**cfg.__dict__, "k": 3}), np.random.default_rng(0))
+        g.build_model(GenerateConfig(**{**cfg.__dict__, "patches_per_class": 3}), np.random.default_rng(0))
     assert "\n" not in str(e.value)
     g.build_model(cfg, np.random.default_rng(0))  # exactly enough room: fine
 
@@ -270,7 +270,7 @@ def test_orthonormal_needs_room():
 def test_write_preview(tmp_path):
     from hgmcli.preview import write_preview
 
-    model, arrays, _ = g.generate(GenerateConfig(model="digits", n_train=40, n_test=0), seed=0)
+    model, arrays, _ = g.generate(GenerateConfig(family="digits", n_train=40, n_test=0), seed=0)
     out = tmp_path / "preview.png"
     write_preview(out, model, arrays, n_per_label=3)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000

@@ -19,9 +19,6 @@ from typer.testing import CliRunner
 from hgmcli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-NEEDS_WIRING = pytest.mark.xfail(
-    strict=True, reason="stages.evaluate/export must call artifacts.guard_output(out, inputs=[...]) (issue 14 wiring)"
-)
 
 
 def invoke(*args):
@@ -88,11 +85,9 @@ SAME_FILE = [
     pytest.param("cluster --data d.npz --patches 500 --out soft.npz", "soft.npz", id="symlink"),
     pytest.param("train-layer --data d.npz --centroids c.npz --mode gd-linear --out c.npz", "c.npz", id="train-layer"),
     pytest.param("fit-svm --data d.npz --model n.pt --out n.pt", "n.pt", id="fit-svm"),
-    pytest.param("evaluate --data d.npz --model n.pt --classifier cls.pt --out cls.pt", "cls.pt", id="evaluate",
-                 marks=NEEDS_WIRING),
-    pytest.param("export --model n.pt --classifier cls.pt --out n.pt", "n.pt", id="export-model", marks=NEEDS_WIRING),
-    pytest.param("export --model n.pt --classifier cls.pt --out cls.pt", "cls.pt", id="export-classifier",
-                 marks=NEEDS_WIRING),
+    pytest.param("evaluate --data d.npz --model n.pt --classifier cls.pt --out cls.pt", "cls.pt", id="evaluate"),
+    pytest.param("export --model n.pt --classifier cls.pt --out n.pt", "n.pt", id="export-model"),
+    pytest.param("export --model n.pt --classifier cls.pt --out cls.pt", "cls.pt", id="export-classifier"),
 ]
 
 
@@ -192,7 +187,6 @@ def test_foreign_files_as_inputs(here, command, expected):
     assert snapshot(here) == before
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main must reconfigure stdout with errors='backslashreplace' (issue 14)")
 def test_a_non_utf8_stdout_does_not_crash_after_the_write(tmp_path):
     env = {**os.environ, "PYTHONIOENCODING": "ascii",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -1,6 +1,5 @@
 """The learned network: blocks, fused frozen path, save/load, export."""
 
-import numpy as np
 import pytest
 import torch
 

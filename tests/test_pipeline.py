@@ -53,10 +53,10 @@ def test_rerun_reuses_every_stage_and_changes_rerun_only_downstream(tmp_path):
     assert names(rec2, skipped=False) == ["evaluate"]
     assert m2["accuracy"] == m1["accuracy"]
     # A change under layer 2's clustering reruns it and what follows, nothing before.
-    _, rec3 = run_pipeline(cfg("layers.1.cluster.iterations=7"), tmp_path)
+    _, rec3 = run_pipeline(cfg("layers.1.cluster.lloyd_iterations=7"), tmp_path)
     assert names(rec3, skipped=True) == ["generate", "cluster 1", "train-layer 1"]
     assert names(rec3, skipped=False) == ["cluster 2", "train-layer 2", "fit-svm", "evaluate"]
-    _, rec4 = run_pipeline(cfg("layers.1.cluster.iterations=7"), tmp_path, force=True)
+    _, rec4 = run_pipeline(cfg("layers.1.cluster.lloyd_iterations=7"), tmp_path, force=True)
     assert not any(r.skipped for r in rec4)
 
 
@@ -96,7 +96,7 @@ def test_killed_run_resumes_with_the_same_result(tmp_path):
     "args, message",
     [
         (["--set", "layers.0.cluster.kk=1"], "Error: unknown config key 'layers.0.cluster.kk'"),
-        (["--set", "layers.0.cluster.k=many"], "Error: config key 'layers.0.cluster.k': expected an integer"),
+        (["--set", "layers.0.cluster.k=many"], "Error: config key 'layers.0.cluster.k': expected auto or an integer"),
     ],
 )
 def test_config_errors(tmp_path, args, message):

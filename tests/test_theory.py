@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from hgmcli import generative, train
+from hgmcli import features, generative, train
 from hgmcli.config import GenerateConfig, TrainConfig
 
 S, M0, C0, K = 4, 4, 4, 4  # 16 orthonormal 4x4 patches, 4 classes of 4
 
 
 def two_level(n, seed=0):
-    cfg = GenerateConfig(depth=1, patch_size=S, m0=M0, classes=[C0], k=K, orthonormal=True, n_train=n, n_test=1)
+    cfg = GenerateConfig(depth=1, patch_size=S, m0=M0, classes=[C0], patches_per_class=K, orthonormal=True, n_train=n, n_test=1)
     model, arrays, _ = generative.generate(cfg, seed)
     return model, arrays
 
@@ -31,7 +31,7 @@ def im2col(x):
     return cols.reshape(len(x), S * S, M0, M0)
 
 
-class Tensors(train.FrozenFeatures):
+class Tensors(features.FrozenFeatures):
     """FrozenFeatures over an in-memory tensor (the features *are* the patches)."""
 
     def __init__(self, t):
@@ -96,8 +96,8 @@ def test_corollary_1_gd_step_keeps_same_class_differences():
 def test_theorem_1_tlgd_separates_semantic_classes(seed):
     model, arrays = two_level(8000, seed)
     feats = Tensors(im2col(arrays["x_train"]))
-    cfg = TrainConfig(mode="gd-linear", n=32, eta=1.0, iterations=100, sigma=1.0)
-    res = train.train_tlgd(feats, arrays["y_train"], None, None, cfg, seed=seed, device=torch.device("cpu"))
+    cfg = TrainConfig(mode="gd-linear", out_channels=32, eta=1.0, gd_steps=100, sigma=1.0)
+    res = train.train_tlgd(features.Examples(feats, arrays["y_train"], 2), cfg, seed=seed, device=torch.device("cpu"))
     emb = (res.proj @ torch.from_numpy(patch_vectors(model)).t()).t().numpy()  # (16 patches, n): K^T x
     cls = np.repeat(np.arange(C0), K)
     d = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
@@ -113,7 +113,7 @@ def test_hgm_cluster_gives_every_distinct_orthonormal_patch_its_own_cluster(tmp_
     from hgmcli import artifacts, stages
     from hgmcli.config import ClusterConfig, DataConfig
 
-    cfg = GenerateConfig(depth=2, patch_size=4, m0=3, classes=[3, 3], k=4, orthonormal=True, n_train=600, n_test=50)
+    cfg = GenerateConfig(depth=2, patch_size=4, m0=3, classes=[3, 3], patches_per_class=4, orthonormal=True, n_train=600, n_test=50)
     stages.generate(cfg, out=tmp_path / "d.npz", seed=0)
     res = stages.cluster(DataConfig(root=str(tmp_path / "d.npz")), ClusterConfig(patches=20000),
                          out=tmp_path / "c.npz", seed=0, device="cpu")
@@ -136,12 +136,12 @@ def test_jl_variant_trains_no_1x1_parameter():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((64, 6, 3, 3), dtype=np.float32))
     y = np.arange(64) % 2
-    cfg = TrainConfig(mode="jl", n=4, epochs=2, batch_size=16)
-    a = train.train_adam(Tensors(x), y, None, None, 2, cfg, seed=3, device=torch.device("cpu"))
-    b = train.train_adam(Tensors(x), y, None, None, 2, TrainConfig(mode="jl", n=4, epochs=0, batch_size=16),
+    cfg = TrainConfig(mode="jl", out_channels=4, epochs=2, batch_size=16)
+    a = train.train_adam(features.Examples(Tensors(x), y, 2), cfg, seed=3, device=torch.device("cpu"))
+    b = train.train_adam(features.Examples(Tensors(x), y, 2), TrainConfig(mode="jl", out_channels=4, epochs=0, batch_size=16),
                          seed=3, device=torch.device("cpu"))
     torch.testing.assert_close(a.proj, b.proj, atol=0, rtol=0)  # after training == at initialisation
-    adam = train.train_adam(Tensors(x), y, None, None, 2, TrainConfig(mode="adam-ce", n=4, epochs=2, batch_size=16),
+    adam = train.train_adam(features.Examples(Tensors(x), y, 2), TrainConfig(mode="adam-ce", out_channels=4, epochs=2, batch_size=16),
                             seed=3, device=torch.device("cpu"))
     assert not torch.equal(adam.proj, b.proj)
 
