@@ -108,3 +108,36 @@ def test_the_wheel_holds_the_configs_the_license_and_the_entry_point(tmp_path):
     assert "Name: hgmcli\n" in metadata and "License-Expression: MIT\n" in metadata
     assert "Provides-Extra: gpu\n" in metadata and "Requires-Dist: faiss-gpu>=1.15; extra == \"gpu\"\n" in metadata
     assert "hgm = hgmcli.cli:main" in entry_points
+
+
+# ----------------------------------------------------------------- through the CLI
+
+
+def _cli():
+    from typer.testing import CliRunner
+
+    from hgmcli.cli import app
+
+    r = CliRunner().invoke(app, ["pipeline", "--help"])
+    if "--list-configs" not in r.stdout:
+        pytest.skip("`--config NAME` / `hgm pipeline --list-configs` are not wired into cli.py yet")
+    return lambda *args: CliRunner().invoke(app, list(args))
+
+
+def test_pipeline_lists_the_bundled_configs_and_refuses_an_unknown_name(tmp_path, monkeypatch):
+    run = _cli()
+    monkeypatch.chdir(tmp_path)
+    r = run("pipeline", "--list-configs")
+    assert r.exit_code == 0 and all(name in r.stdout for name in NAMES)
+    r = run("pipeline", "--config", "smoek")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"Error: config 'smoek': no such file, and not a bundled config (bundled: {', '.join(NAMES)})"
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_command_reads_a_bundled_config_by_name_from_an_empty_folder(tmp_path, monkeypatch):
+    run = _cli()
+    monkeypatch.chdir(tmp_path)
+    r = run("generate", "--config", "smoke", "--out", "d.npz")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d.npz").exists()
