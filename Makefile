@@ -52,15 +52,15 @@ wheel: $(STAMP)
 	rm -rf dist build
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
-# The built wheel in a fresh venv (no FAISS: it is optional), run from an empty
-# folder with the bundled smoke config. pip takes torch from this machine's disk
-# where its configuration says so, as for .venv.
+# The built wheel in a fresh venv (no FAISS: it is optional) with the venv's own
+# pip, run from an empty folder with the bundled smoke config. pip takes torch from
+# this machine's disk where its configuration says so, as for .venv. --no-compile:
+# byte-compiling all of torch costs CPU time that a one-off run never gets back.
 WHEEL_VENV ?= build/wheel-venv
 wheel-smoke: wheel
 	rm -rf $(WHEEL_VENV)
 	$(PYTHON) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/hgmcli-*.whl
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --no-compile dist/hgmcli-*.whl
 	tmp=$$(mktemp -d) && cd $$tmp && $(abspath $(WHEEL_VENV))/bin/hgm pipeline --config smoke --out run \
 	  && test -f run/metrics.json && cd / && rm -rf $$tmp
 

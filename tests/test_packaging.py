@@ -17,7 +17,8 @@ from hgmcli.errors import ConfigError
 from hgmcli.presets import CONFIG_DIR, bundled, list_configs, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["cifar", "cifar-cpu", "cifar-jl", "cifar-jl-linear", "cifar-linear", "digits", "smoke", "synthetic"]
+NAMES = sorted(p.stem for p in (REPO / "hgmcli" / "configs").glob("*.yaml"))
+SHIPPED = {"cifar", "cifar-cpu", "cifar-jl", "cifar-jl-linear", "cifar-linear", "digits", "smoke", "synthetic"}
 
 
 def test_configs_ship_inside_the_package_and_the_checkout_link_points_there():
@@ -29,6 +30,7 @@ def test_configs_ship_inside_the_package_and_the_checkout_link_points_there():
 def test_every_bundled_config_is_listed_with_its_purpose_and_loads():
     listed = list_configs()
     assert [name for name, _ in listed] == NAMES == list(bundled())
+    assert SHIPPED <= set(NAMES)
     purposes = dict(listed)
     assert purposes["smoke"] == "a tiny synthetic hierarchical model, the whole of Algorithm 1."
     assert purposes["cifar"] == "the paper's \"Ours+FC\" on CIFAR-10 (Figure 3), with appendix C's parameters"
