@@ -89,8 +89,8 @@ def report() -> dict:
     }
     if len(faiss["distributions"]) > 1:
         rep["warnings"].append(
-            f"{' and '.join(faiss['distributions'])} are all installed: they ship the same `faiss` module and the last "
-            "one installed wins; pip uninstall all but one"
+            f"{' and '.join(faiss['distributions'])} are installed together: they ship the same `faiss` module, "
+            "so one hides the other; pip uninstall all but one"
         )
     if faiss["gpu_build"] and not rep["torch"]["cuda_available"]:
         rep["warnings"].append("FAISS is built for the GPU but torch sees no CUDA device: k-means runs on the CPU")
