@@ -65,6 +65,7 @@ wheel-smoke: wheel
 	$(WHEEL_VENV)/bin/python -m pip install --quiet --no-compile dist/hgmcli-*.whl
 	tmp=$$(mktemp -d) && cd $$tmp && $(abspath $(WHEEL_VENV))/bin/hgm pipeline --config smoke --out run \
 	  && test -f run/metrics.json && cd / && rm -rf $$tmp
+	rm -rf $(WHEEL_VENV)  # about 6 GB, torch's CUDA libraries included
 
 clean:
 	rm -rf runs .pytest_cache build dist
