@@ -9,12 +9,15 @@ never unpickles anything):
      "inputs": {"data": {"path": ..., "sha256": ...}, ...}, "stats": {...}}
 
 * ``.npz`` (datasets, centroids): plain arrays + a 0-d unicode array ``meta``;
-  read with ``np.load(allow_pickle=False)``. Zip entries carry a fixed
+  read entry by entry with pickles refused and each header's claimed size
+  checked before anything is allocated. Zip entries carry a fixed
   timestamp, so the same arrays and metadata give the same bytes.
 * ``.pt`` (networks, classifiers): a dict of tensors and plain types with
   ``meta`` as a string; read with ``torch.load(weights_only=True)``.
 * Writes are atomic: a temporary file in the destination folder, fsync, then
   ``os.replace``. A killed process never leaves a file that looks finished.
+* Writes are guarded (``guard_output``, and again by the writers): never over
+  an input, a device, FIFO, socket or directory; a symlink is written through.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
+import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -40,27 +45,72 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed: byte-identical files for identical c
 
 
 # --------------------------------------------------------------------------- writing
+#
+# Symlinks: an ``--out`` that is a symlink is written *through*: the file it
+# points to is replaced (atomically, in the target's folder) and the link stays
+# a link, as with ``cp`` or ``sed --follow-symlinks``. Everything else that is
+# not a regular file (device, FIFO, socket, directory) is refused: as root,
+# ``--out /dev/null`` would otherwise replace /dev/null with a regular file.
+
+_TMP_MARK = ".hgm-"  # in every temporary name this module makes: `.NAME.hgm-XXXXXXXX.tmp` / `.probe`
+_SPECIAL = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+            stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
 
 
-def ensure_writable(path: str | os.PathLike) -> Path:
-    """Create the parent folder of ``path`` and check we may write there.
-
-    Called by stages *before* any long computation, so an unwritable ``--out``
-    fails in milliseconds instead of after an hour of k-means."""
+def _target(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """The regular file a write to ``path`` replaces (symlinks followed), after
+    refusing special files and any of ``inputs``; its folder is created."""
     p = Path(path)
-    if p.exists() and p.is_dir():
-        raise ArtifactError(f"cannot write {p}: it is a directory")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        st = os.stat(p)
+    except FileNotFoundError:  # a new file, or a symlink to one
+        st = None
+    except OSError as e:  # ELOOP, ENOTDIR, EACCES...
+        raise ArtifactError(f"cannot write {p}: {e.strerror or e}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"cannot write {p}: it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = _SPECIAL.get(stat.S_IFMT(st.st_mode), "a special file")
+            raise ArtifactError(f"cannot write {p}: it is {kind}, not a regular file")
+        for inp in inputs:
+            # Same (device, inode): catches ./x, hard links and symlinks alike.
+            if inp is not None and os.path.exists(inp) and os.path.samefile(inp, p):
+                raise ArtifactError(f"cannot write {p}: it is the same file as the input {inp}")
+    target = Path(os.path.realpath(p))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArtifactError(f"cannot write {p}: {e.strerror or e}") from None
+    return target
+
+
+def guard_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check that ``path`` may be written, *before* any long computation.
+
+    Refuses (ArtifactError, one line): a directory, a device, FIFO or socket
+    (also behind a symlink), the same file as any of ``inputs`` (``None``s are
+    skipped; relative paths, hard links and symlinks are recognised), and a
+    folder we cannot write. A symlink is written through (see above). So an
+    unwritable ``--out`` fails in milliseconds instead of after an hour of
+    k-means, and ``--out`` = ``--data`` never destroys the data. Returns
+    ``Path(path)``. The writers repeat these checks when they write."""
+    target = _target(path, inputs)
     try:  # a real probe: os.access says yes to root even on read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}{_TMP_MARK}", suffix=".probe", dir=target.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ArtifactError(f"cannot write {p}: {e.strerror or e}") from None
-    return p
+        raise ArtifactError(f"cannot write {path}: {e.strerror or e}") from None
+    return Path(path)
+
+
+ensure_writable = guard_output  # the stages' older name
+
+
+def leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """This module's temporary files under ``folder`` (left by a killed process)."""
+    return [f for pat in (f".*{_TMP_MARK}*.tmp", f".*{_TMP_MARK}*.probe") for f in Path(folder).rglob(pat)]
 
 
 def _umask() -> int:
@@ -70,12 +120,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path``.
+def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``'s target; on success rename it over the target.
 
-    On any exception the temporary file is removed and nothing is left behind."""
-    p = ensure_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    The checks of ``guard_output`` run first (a special file, a directory or
+    one of ``inputs`` is never replaced). On any exception the temporary file
+    is removed and nothing is left behind."""
+    target = _target(path, inputs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{_TMP_MARK}", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
@@ -83,24 +135,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, p)
+        os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
 
 
-def write_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_file(
+    path: str | os.PathLike, write: Callable[[Path], None], inputs: Iterable[str | os.PathLike | None] = ()
+) -> Path:
+    """Atomically write ``path`` with ``write(tmp)``; never over one of ``inputs``."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, inputs) as tmp:
             write(tmp)
     except OSError as e:
         raise ArtifactError(f"cannot write {path}: {e.strerror or e}") from None
     return Path(path)
 
 
+def _meta_inputs(meta: dict) -> list[str]:
+    return [v["path"] for v in meta.get("inputs", {}).values() if isinstance(v, dict) and "path" in v]
+
+
 def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: dict) -> Path:
-    """Write ``arrays`` and ``meta`` to an uncompressed ``.npz``, atomically."""
+    """Write ``arrays`` and ``meta`` to an uncompressed ``.npz``, atomically (never over an input in ``meta``)."""
     for name, a in arrays.items():
         if name == "meta":
             raise ValueError("'meta' is reserved for the metadata")
@@ -116,23 +175,23 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: di
                     a = np.asarray(a)  # np.ascontiguousarray would turn the 0-d meta into shape (1,)
                     np.lib.format.write_array(f, a if a.flags.c_contiguous else a.copy(order="C"), allow_pickle=False)
 
-    return write_file(path, write)
+    return write_file(path, write, _meta_inputs(meta))
 
 
 def save_pt(path: str | os.PathLike, payload: Mapping[str, Any], meta: dict) -> Path:
-    """Write a dict of tensors / plain values plus ``meta`` to a ``.pt``, atomically."""
+    """Write a dict of tensors / plain values plus ``meta`` to a ``.pt``, atomically (never over its inputs)."""
     import torch
 
     if "meta" in payload:
         raise ValueError("'meta' is reserved for the metadata")
     obj = dict(payload)
     obj["meta"] = json.dumps(meta, sort_keys=True)
-    return write_file(path, lambda tmp: torch.save(obj, tmp))
+    return write_file(path, lambda tmp: torch.save(obj, tmp), _meta_inputs(meta))
 
 
-def save_json(path: str | os.PathLike, obj: Any) -> Path:
+def save_json(path: str | os.PathLike, obj: Any, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return write_file(path, lambda tmp: tmp.write_text(text))
+    return write_file(path, lambda tmp: tmp.write_text(text), inputs)
 
 
 # --------------------------------------------------------------------------- reading
@@ -144,7 +203,18 @@ def _check_exists(path: str | os.PathLike) -> Path:
         raise ArtifactError(f"no such file: {p}")
     if p.is_dir():
         raise ArtifactError(f"{p} is a directory, not an artifact file")
+    if not p.is_file():
+        raise ArtifactError(f"{p} is not a regular file")
     return p
+
+
+def _zip_names(p: Path, what: str) -> list[str]:
+    """The entry names of the zip file ``p`` (.npz and .pt are both zips), or a one-line error."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            return zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise ArtifactError(f"{p} is not {what} (not a zip file: truncated, or another format)") from None
 
 
 def _check_meta(p: Path, meta_text: str, kind: str | tuple[str, ...] | None) -> dict:
@@ -165,22 +235,55 @@ def _check_meta(p: Path, meta_text: str, kind: str | tuple[str, ...] | None) -> 
     return meta
 
 
+# Header readers by .npy format version; 3.0 (utf-8 field names) is never written for plain arrays.
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_DEFLATE_MAX_RATIO = 1032  # deflate expands at most ~1032:1, so a compressed entry bounds its true size
+
+
+def _read_npy(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One array of an ``.npz``. Its header can claim any shape (10^12 images in
+    2 KB): the bytes it claims are checked against what the zip entry can hold
+    *before* numpy allocates them."""
+    name = info.filename.removesuffix(".npy")
+    with zf.open(info) as f:
+        read_header = _NPY_HEADERS.get(np.lib.format.read_magic(f))
+        if read_header is None:
+            raise ValueError(f"array {name!r} has an unsupported .npy format version")
+        shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ArtifactError(f"{p} holds object arrays, which hgm refuses to unpickle")
+    stored = min(info.compress_size, p.stat().st_size)
+    room = min(info.file_size, stored * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO))
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > room:
+        raise ArtifactError(
+            f"{p}: array {name!r} claims shape {shape} ({nbytes:,} bytes) but the file holds at most {room:,}: "
+            "truncated or corrupt"
+        )
+    try:
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except MemoryError:
+        raise ArtifactError(f"{p}: array {name!r} needs {nbytes:,} bytes, more memory than is available") from None
+
+
 def load_npz(
     path: str | os.PathLike, kind: str | tuple[str, ...] | None = None, *, require_meta: bool = True
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Read an ``.npz`` with ``allow_pickle=False``; return (arrays, meta).
+    """Read an ``.npz`` with pickles refused; return (arrays, meta).
 
     ``require_meta=False`` accepts a foreign ``.npz`` (meta comes back ``{}``),
     e.g. a dataset with ``x_train``/``y_train``/... made by another tool."""
     p = _check_exists(path)
+    _zip_names(p, "a readable .npz")
+    arrays = {}
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise ArtifactError(f"{p} holds object arrays, which hgm refuses to unpickle") from None
-        raise ArtifactError(f"{p} is not a readable .npz (truncated or corrupt: {e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ArtifactError(f"{p} is not a .npz file (entry {info.filename!r} is not a .npy array)")
+                arrays[info.filename.removesuffix(".npy")] = _read_npy(p, zf, info)
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
         raise ArtifactError(f"{p} is not a readable .npz (truncated or corrupt: {e})") from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
@@ -193,12 +296,23 @@ def load_npz(
 
 
 def load_pt(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict]:
-    """Read a ``.pt`` with ``weights_only=True``; return (payload, meta)."""
+    """Read a ``.pt`` with ``weights_only=True``; return (payload, meta).
+
+    The zip listing is looked at first, so a TorchScript file (``hgm export``'s
+    output) or a non-zip gets its own one-line error instead of torch's
+    warning and its paragraph about ``weights_only``."""
     import pickle
 
     import torch
 
     p = _check_exists(path)
+    # torch.save puts every entry under one top folder; TorchScript adds constants.pkl beside data.pkl.
+    entries = {name.partition("/")[2] for name in _zip_names(p, "a readable hgm .pt file")}
+    if "constants.pkl" in entries:
+        kinds = (kind,) if isinstance(kind, str) else kind or ("artifact",)
+        raise ArtifactError(f"{p} is a TorchScript export, not an hgm {' or '.join(kinds)}")
+    if "data.pkl" not in entries:
+        raise ArtifactError(f"{p} is not an hgm .pt file (a zip file, but not one torch.save wrote)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as e:
@@ -323,6 +437,8 @@ __all__ = [
     "atomic_path",
     "ensure_writable",
     "file_hash",
+    "guard_output",
+    "leftover_temporaries",
     "load_meta",
     "load_npz",
     "load_pt",

@@ -19,17 +19,15 @@ SGD with decay. Initialisation is PyTorch's default for Conv2d / Linear
 global RNG is left untouched.
 
 * ``arch="cnn"``: convolutions and head trained together, Adam on
-  cross-entropy, ``cfg.iterations`` steps of ``cfg.batch_size`` images.
+  cross-entropy, ``cfg.adam_steps`` steps of ``cfg.batch_size`` images.
 * ``arch="cnn-random"`` ("CNN(Random)"): the same initial convolutions,
   frozen; only the head is trained. The frozen features are computed once
   through ``FrozenFeatures`` (cached as float16 within the memory budget,
   otherwise recomputed every epoch), so an epoch costs only the head.
 
 Images stay on the host (uint8 CIFAR-10, float32 synthetic); each step
-gathers its batch, pins it on CUDA and copies it asynchronously. Losses stay
-on the device and are read back every ``SYNC_EVERY`` steps (one sync per
-chunk, not per step); a non-finite loss is reported with the step it first
-appeared at.
+gathers its batch, pins it on CUDA and copies it asynchronously. Training is
+``adam.train``, the loop every hgm model trains with.
 
 Measured on the development machine (2 shared CPU cores, load average 1.5-2.9
 from other jobs, torch 2.14 CPU, 2 threads, batch 128, 40,000 uint8 CIFAR-10
@@ -43,40 +41,33 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import adam
 from .classify import build_head, head_spec
-from .config import ClassifierConfig
-from .errors import ConfigError, HgmError, TrainingError
+from .errors import HgmError, TrainingError
+from .features import FrozenFeatures
 from .network import ConvBlock, Network, Preprocess, network_payload
 from .progress import Progress, no_progress
-from .train import FrozenFeatures
 
-ARCHS = ("cnn", "cnn-random")
+if TYPE_CHECKING:
+    from .config import ClassifierConfig
+
+ARCHS = {  # Figure 3's comparison networks
+    "cnn": "the TF-tutorial CNN, trained end to end",
+    "cnn-random": "the same CNN with its random initial convolutions frozen; only the head is trained",
+}
 HEADS = ("fc", "linear")
 CHANNELS = 64  # conv1 and conv2 output channels (TF tutorial)
 KERNEL = 5  # conv kernel size (TF tutorial: 5x5)
-SYNC_EVERY = 25  # steps between reading the losses back from the device
 
 
 # --------------------------------------------------------------------------- building
-
-
-def _default_init_(module: nn.Module, gen: torch.Generator) -> None:
-    """PyTorch's default Conv2d / Linear init (kaiming_uniform with a=sqrt(5):
-    weight and bias uniform in +-1/sqrt(fan_in)), drawn from ``gen`` in module order."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            fan_in = m.weight[0].numel()
-            bound = 1.0 / math.sqrt(fan_in)
-            with torch.no_grad():
-                m.weight.copy_((torch.rand(m.weight.shape, generator=gen) * 2 - 1) * bound)
-                if m.bias is not None:
-                    m.bias.copy_((torch.rand(m.bias.shape, generator=gen) * 2 - 1) * bound)
 
 
 def build_cnn(
@@ -92,24 +83,13 @@ def build_cnn(
         bound = 1.0 / math.sqrt(fan_in)
         w = (torch.rand(channels, c, kernel, kernel, generator=gen) * 2 - 1) * bound  # (out, in, k, k)
         b = (torch.rand(channels, generator=gen) * 2 - 1) * bound
-        with torch.random.fork_rng(devices=[]):  # nn.Conv2d's own init draws from the global RNG; ours replaces it
-            blocks.append(ConvBlock(w, b, pool_size=3, pool_stride=2))
+        blocks.append(ConvBlock(w, b, pool_size=3, pool_stride=2))
     return Network(Preprocess(norm["scale"], norm["mean"], norm["std"]), blocks, input_shape)
-
-
-def build_baseline_head(
-    kind: str, in_dim: int, n_classes: int, hidden: list[int], *, gen: torch.Generator
-) -> nn.Sequential:
-    """``build_head(kind, ...)`` with PyTorch's default init drawn from ``gen`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):  # build_head's own init draws from the global RNG
-        head = build_head(kind, in_dim, n_classes, hidden)
-    _default_init_(head, gen)
-    return head
 
 
 def check_choice(arch: str, head: str) -> None:
     if arch not in ARCHS:
-        raise HgmError(f"unknown baseline architecture {arch!r}: expected cnn or cnn-random")
+        raise HgmError(f"unknown baseline architecture {arch!r}: expected {' or '.join(ARCHS)}")
     if head not in HEADS:
         raise HgmError(f"unknown baseline head {head!r}: expected fc or linear")
 
@@ -148,7 +128,7 @@ def _accuracy(model: nn.Module, batches: Batches, labels: np.ndarray, device: to
     correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.no_grad():
         for idx, x in batches(np.arange(len(labels)), batch_size):
-            correct += (model(x).argmax(dim=1) == _to_device(labels[idx], device)).sum()
+            correct += adam.correct_count(model(x), _to_device(labels[idx], device))
     model.train(was_training)
     return float(correct.item()) / max(len(labels), 1)
 
@@ -173,28 +153,22 @@ def train_baseline(
 
     ds_train / ds_val: ``data.Dataset`` (ds_val may be None: no curve). norm:
     ``data.normalization``'s dict, baked into the network's Preprocess.
-    ``cfg``: iterations, batch_size, lr, weight_decay, eval_every, hidden (the
+    ``cfg``: adam_steps, batch_size, lr, weight_decay, eval_every, hidden (the
     FC widths; default 384, 192 as in the TF tutorial), batch_size_features
-    (evaluation / feature batches); ``cfg.classifier`` is ignored (``head``
+    (evaluation / feature batches); ``cfg.head`` is ignored (``head``
     decides). The curve holds (step, validation accuracy) every
     ``cfg.eval_every`` steps, plus the last step if it is not a multiple.
     ``memory_budget``: bytes for the cnn-random feature cache (train + val)."""
     check_choice(arch, head)
     if len(ds_train) == 0:
         raise TrainingError("the training split is empty")
-    if cfg.iterations < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
-        raise ConfigError(
-            f"iterations, eval_every and batch_size must be at least 1, "
-            f"got {cfg.iterations}, {cfg.eval_every}, {cfg.batch_size}"
-        )
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
     input_shape = list(ds_train.images.shape[1:])
     n_classes = len(ds_train.label_names)
     net = build_cnn(input_shape, norm, gen=gen)
     feat_shape = net.output_shape()  # (64, H/4, W/4)
-    clf = build_baseline_head(head, int(np.prod(feat_shape)), n_classes, cfg.hidden, gen=gen)
+    clf = build_head(head, int(np.prod(feat_shape)), n_classes, cfg.hidden, gen=gen)
     net.to(device)
     clf.to(device)
     have_val = ds_val is not None and len(ds_val) > 0
@@ -225,82 +199,33 @@ def train_baseline(
         stats["features"] = feats.stats()
     params = [p for p in model.parameters() if p.requires_grad]
     stats["trained_parameters"] = int(sum(p.numel() for p in params))
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
 
-    total = cfg.iterations
-    n = len(ds_train)
-    curve: list[tuple[int, float]] = []
-    history: list[dict] = []
-    pending_loss: list[torch.Tensor] = []
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-    loss_sum, loss_count, loss_ema = 0.0, 0, None
-    step = 0
-    t_train = time.perf_counter()
+    def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        _, x = next(train_batches(idx, len(idx)))
+        y = _to_device(ds_train.labels[idx], device)
+        logits = model(x)
+        return F.cross_entropy(logits, y), adam.correct_count(logits, y)
 
-    def flush() -> None:
-        """Read the pending losses back (one sync); raise at the first non-finite one."""
-        nonlocal loss_sum, loss_count, loss_ema
-        if not pending_loss:
-            return
-        values = torch.stack(pending_loss).cpu()
-        first = step - len(pending_loss) + 1
-        bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise TrainingError(f"{arch}+{head} loss became {values[i].item()} at step {first + i}; lower --lr")
-        pending_loss.clear()
-        for v in values.tolist():
-            loss_ema = v if loss_ema is None else 0.98 * loss_ema + 0.02 * v
-        loss_sum += float(values.sum())
-        loss_count += len(values)
-
-    while step < total:
-        for idx, x in train_batches(rng.permutation(n), cfg.batch_size):
-            y = _to_device(ds_train.labels[idx], device)
-            # enable_grad: FrozenFeatures' recompute path yields from inside no_grad, which leaks into us
-            with torch.enable_grad():
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            pending_loss.append(loss.detach())
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += len(idx)
-            record = step % cfg.eval_every == 0 or step == total
-            if record or step % SYNC_EVERY == 0:
-                flush()
-                fields = {"loss": loss_ema}
-                if record:
-                    # train loss / accuracy: over the steps since the previous record
-                    train_acc = correct.item() / max(seen, 1)
-                    entry = {"step": step, "loss": loss_sum / max(loss_count, 1), "train_accuracy": train_acc}
-                    if have_val:
-                        acc = _accuracy(model, val_batches, ds_val.labels, device, cfg.batch_size_features)
-                        curve.append((step, acc))
-                        entry["val_accuracy"] = acc
-                        fields["val_acc"] = acc
-                    history.append(entry)
-                    loss_sum, loss_count, seen = 0.0, 0, 0
-                    correct.zero_()
-                progress(f"baseline {arch}+{head}", step, total, **fields)
-            if step >= total:
-                break
-    train_seconds = time.perf_counter() - t_train
+    evaluate = None
+    if have_val:
+        evaluate = lambda: _accuracy(model, val_batches, ds_val.labels, device, cfg.batch_size_features)  # noqa: E731
+    run = adam.train(
+        params, batch_loss, len(ds_train), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
+        label=f"baseline {arch}+{head}", progress=progress,
+    )
     stats.update(
-        iterations=step,
-        epochs=round(step * cfg.batch_size / n, 3),
-        final_loss=loss_ema,
-        history=history,
-        train_seconds=round(train_seconds, 3),
-        steps_per_second=round(step / max(train_seconds, 1e-9), 2),
+        iterations=run.steps,
+        epochs=round(run.steps * cfg.batch_size / len(ds_train), 3),
+        final_loss=run.final_loss,
+        history=run.history,
+        train_seconds=run.seconds,
+        steps_per_second=round(run.steps / max(run.seconds, 1e-9), 2),
         seconds=round(time.perf_counter() - t0, 3),
     )
     net.requires_grad_(True)  # a module handed back behaves like any other; the payload holds tensors only
-    return net.cpu().eval(), clf.cpu().eval(), curve, stats
+    return net.cpu().eval(), clf.cpu().eval(), run.curve, stats
 
 
 # --------------------------------------------------------------------------- artifact
@@ -330,4 +255,4 @@ def baseline_payload(
     return payload
 
 
-__all__ = ["ARCHS", "HEADS", "baseline_payload", "build_baseline_head", "build_cnn", "train_baseline"]
+__all__ = ["ARCHS", "HEADS", "baseline_payload", "build_cnn", "train_baseline"]

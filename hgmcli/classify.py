@@ -13,30 +13,49 @@
 
 Every classifier ends as an ``nn.Sequential`` (Flatten, Linear[, ReLU, ...])
 whose argmax is the prediction: a binary SVM's decision function d becomes
-logits (0, d)."""
+logits (0, d). Each kind is an entry of ``HEADS``; the config's
+``classifier.head`` choices, ``hgm search`` and the CLI's help read them from
+there, so a new head is one function here plus its test."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ClassifierConfig
-from .errors import HgmError, TrainingError
+from . import adam
+from .errors import HgmError
+from .features import FrozenFeatures
 from .progress import Progress, no_progress
-from .train import FrozenFeatures
+
+if TYPE_CHECKING:
+    from .config import ClassifierConfig
 
 
-def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int]) -> nn.Sequential:
-    """The classifier module; ``svm`` and ``linear`` are one Linear layer."""
-    dims = [in_dim] + (list(hidden) if kind == "fc" else []) + [n_classes]
+def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int], *,
+               gen: torch.Generator | None = None) -> nn.Sequential:
+    """The classifier module: Flatten, then Linear layers with ReLUs between
+    (``hidden`` widths only for heads that have hidden layers, e.g. fc).
+    Weights and biases uniform in +-1/sqrt(fan_in) (PyTorch's default Linear
+    init) drawn from ``gen`` (default: a generator seeded 0); the global RNG
+    is never used."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    dims = [in_dim] + (list(hidden) if HEADS[kind].hidden else []) + [n_classes]
     mods: list[nn.Module] = [nn.Flatten()]
     for i in range(len(dims) - 1):
-        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])  # no draw from the global RNG
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(dims[i])
+            lin.weight.copy_((torch.rand(lin.weight.shape, generator=gen) * 2 - 1) * bound)
+            lin.bias.copy_((torch.rand(lin.bias.shape, generator=gen) * 2 - 1) * bound)
+        mods.append(lin)
         if i < len(dims) - 2:
             mods.append(nn.ReLU())
     return nn.Sequential(*mods)
@@ -131,16 +150,22 @@ def dense_features(feats: FrozenFeatures) -> torch.Tensor:
     return out
 
 
+def svm_backend(setting: str, n: int, dim: int, device: torch.device, budget: int) -> str:
+    """``auto``: scikit-learn's liblinear when the features fit ``budget`` as
+    float64 (liblinear works in float64) and we are on the CPU, else our torch
+    L-BFGS solver (large sets, CUDA)."""
+    if setting != "auto":
+        return setting
+    return "sklearn" if (n * dim * 8 <= budget and device.type == "cpu") else "torch"
+
+
 def fit_svm(
     feats: FrozenFeatures, y: np.ndarray, n_classes: int, cfg: ClassifierConfig, *, seed: int, budget: int,
-    val: FrozenFeatures | None = None, y_val: np.ndarray | None = None,
+    val: FrozenFeatures | None = None, y_val: np.ndarray | None = None, progress: Progress = no_progress,
 ) -> FitResult:
     t0 = time.perf_counter()
     dim = int(np.prod(feats.shape))
-    need = len(feats) * dim * 8  # liblinear works in float64
-    backend = cfg.svm_backend
-    if backend == "auto":
-        backend = "sklearn" if (need <= budget and feats.device.type == "cpu") else "torch"
+    backend = svm_backend(cfg.svm_backend, len(feats), dim, feats.device, budget)
     x = dense_features(feats)
     if backend == "sklearn":
         coef, intercept, st = fit_svm_sklearn(x.cpu().numpy(), y, cfg.C, seed=seed)
@@ -164,38 +189,31 @@ def fit_adam(
     cfg: ClassifierConfig,
     *,
     seed: int,
+    budget: int = 0,
     val: FrozenFeatures | None,
     y_val: np.ndarray | None,
     progress: Progress = no_progress,
 ) -> FitResult:
-    """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.iterations steps."""
-    torch.manual_seed(seed)  # nn.Linear's init uses the global generator; seed it for reproducibility
+    """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.adam_steps steps."""
     dim = int(np.prod(feats.shape))
-    head = build_head(cfg.classifier, dim, n_classes, cfg.hidden).to(feats.device)
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
+    head = build_head(cfg.head, dim, n_classes, cfg.hidden, gen=torch.Generator().manual_seed(seed)).to(feats.device)
     y_t = torch.as_tensor(y, dtype=torch.long)
-    curve: list[tuple[int, float]] = []
-    step, t0, loss_avg = 0, time.perf_counter(), None
-    while step < cfg.iterations:
-        for idx, x in feats.batches(rng.permutation(len(feats)), cfg.batch_size):
-            target = y_t[torch.from_numpy(idx)].to(feats.device)
-            loss = F.cross_entropy(head(x), target)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"classifier loss became {loss.item()} at iteration {step + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-            if step % cfg.eval_every == 0 or step == cfg.iterations:
-                if val is not None and y_val is not None and len(val):
-                    curve.append((step, accuracy(head, val, y_val)))
-            progress("classifier", step, cfg.iterations, loss=loss_avg, **({"val_acc": curve[-1][1]} if curve else {}))
-            if step >= cfg.iterations:
-                break
-    stats = {"iterations": step, "final_loss": loss_avg, "seconds": round(time.perf_counter() - t0, 3), "features": dim}
-    return FitResult(head.cpu(), curve, stats)
+
+    def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        _, x = next(feats.batches(idx, len(idx)))
+        target = y_t[torch.from_numpy(idx)].to(feats.device)
+        logits = head(x)
+        return F.cross_entropy(logits, target), adam.correct_count(logits, target)
+
+    evaluate = (lambda: accuracy(head, val, y_val)) if (val is not None and y_val is not None and len(val)) else None
+    run = adam.train(
+        head.parameters(), batch_loss, len(feats), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
+        label=f"{cfg.head} classifier", progress=progress,
+    )
+    stats = {"iterations": run.steps, "final_loss": run.final_loss, "seconds": run.seconds, "features": dim,
+             "history": run.history}
+    return FitResult(head.cpu(), run.curve, stats)
 
 
 # --------------------------------------------------------------------------- shared
@@ -224,6 +242,8 @@ def head_spec(head: nn.Sequential) -> list[int]:
 
 
 def head_from_state(kind: str, dims: list[int], state: dict) -> nn.Sequential:
+    if kind not in HEADS:
+        raise HgmError(f"unknown classifier kind {kind!r}; expected one of {', '.join(HEADS)}")
     head = build_head(kind, dims[0], dims[-1], dims[1:-1])
     try:
         head.load_state_dict(state)
@@ -231,3 +251,41 @@ def head_from_state(kind: str, dims: list[int], state: dict) -> nn.Sequential:
         raise HgmError(f"classifier weights do not match its layer sizes {dims}: {str(e).splitlines()[0]}") from None
     return head
 
+
+def load_classifier(path) -> tuple[nn.Sequential, dict, dict]:
+    """(head nn.Sequential, payload dict, meta), every field checked."""
+    from . import artifacts
+    from .errors import ArtifactError
+
+    payload, meta = artifacts.load_pt(path, "classifier")
+    try:
+        head = head_from_state(payload["kind"], payload["dims"], payload["state"])
+        names, shape = payload["label_names"], payload["input_shape"]
+    except (KeyError, TypeError) as e:
+        raise ArtifactError(f"{path} is not a valid classifier file (missing {e})") from None
+    if not isinstance(names, list) or len(names) != payload["dims"][-1] or len(set(map(str, names))) != len(names):
+        raise ArtifactError(f"{path}: {len(names)} distinct label names are needed for {payload['dims'][-1]} outputs")
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ArtifactError(f"{path}: invalid input shape {shape!r}")
+    return head, payload, meta
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Head:
+    """A final classifier. ``fit(feats, y, n_classes, cfg, *, seed, budget, val,
+    y_val, progress) -> FitResult``; ``hidden``: whether ``cfg.hidden`` layers
+    are built (the saved layer widths rebuild it either way)."""
+
+    fit: Callable[..., FitResult]
+    hidden: bool
+    help: str  # one line, shown by `hgm fit-svm --help`
+
+
+HEADS: dict[str, Head] = {
+    "svm": Head(fit_svm, False, "§5.1: linear SVM, squared hinge, one-vs-rest (liblinear's objective)"),
+    "linear": Head(fit_adam, False, "§6: one linear layer, Adam on cross-entropy"),
+    "fc": Head(fit_adam, True, "§6: FC-ReLU hidden layers (384, 192) then linear, Adam on cross-entropy"),
+}

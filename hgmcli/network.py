@@ -17,11 +17,15 @@ Choices where the paper is not explicit (documented, configurable):
 * ``activation="onehot"`` is the theory's hard assignment φ (§5.1): each
   patch maps to the one-hot vector of its nearest centroid.
 * The 1x1 conv has no bias: TLGD's K (§4.1) is a plain linear map.
+
+The encoders (what follows the cluster conv: ReLU(z + b), one-hot φ, ...)
+are the entries of ``ENCODERS``: small TorchScript-able modules, so a new
+encoder is one class here plus its test; the config's ``train.activation``
+choices, ``hgm search`` and the CLI's help read them from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +54,58 @@ class Preprocess(nn.Module):
         return {"scale": self.scale, "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
+# --------------------------------------------------------------------------- encoders
+
+
+class ReluBias(nn.Module):
+    """ReLU(z + b) (§6 step 3): with cosines z and b < 0 only the centroids a
+    patch is close to stay on, the "roughly one-hot" map of the paper."""
+
+    help = "ReLU(z + b), z the cosine (or raw) similarity to each centroid (§6)"
+    monotone = True  # elementwise non-decreasing: max-pooling first gives the same result
+
+    def __init__(self, bias: float):
+        super().__init__()
+        self.bias = float(bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.relu(z + self.bias)
+
+    @staticmethod
+    def value_max(bias: float, normalize: bool) -> float | None:
+        """Upper bound of the output (for the uint8 cache): cos <= 1, raw dot products have none."""
+        return max(1.0 + bias, 1e-6) if normalize else None
+
+
+class OneHot(nn.Module):
+    """φ of §5.1: the one-hot vector of the most similar centroid (b is unused)."""
+
+    help = "hard assignment phi: one-hot of the nearest centroid (§5.1, the theory)"
+    monotone = False
+
+    def __init__(self, bias: float = 0.0):
+        super().__init__()
+        self.bias = float(bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        idx = z.argmax(dim=1)
+        return F.one_hot(idx, z.shape[1]).permute(0, 3, 1, 2).to(z.dtype)
+
+    @staticmethod
+    def value_max(bias: float, normalize: bool) -> float | None:
+        return 1.0
+
+
+ENCODERS: dict[str, type[nn.Module]] = {"relu": ReluBias, "onehot": OneHot}
+
+
+# --------------------------------------------------------------------------- the cluster conv
+
+
 class ClusterConv(nn.Module):
     """Conv with frozen centroid kernels, optional patch normalisation, then
-    ReLU(z + bias) or the one-hot of the best-matching centroid.
+    an encoder from ``ENCODERS`` (ReLU(z + bias), the one-hot of the
+    best-matching centroid, ...).
 
     centroids: (k, C, s, s) float32. Output: (B, k, H', W')."""
 
@@ -68,8 +121,8 @@ class ClusterConv(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        if activation not in ("relu", "onehot"):
-            raise ValueError(f"activation must be relu or onehot, got {activation!r}")
+        if activation not in ENCODERS:
+            raise HgmError(f"unknown encoder {activation!r}; expected one of {', '.join(ENCODERS)}")
         self.register_buffer("weight", centroids.detach().float().contiguous())
         self.register_buffer("weight_sum", self.weight.sum(dim=(1, 2, 3)).view(1, -1, 1, 1))
         self.k = int(centroids.shape[0])
@@ -81,6 +134,7 @@ class ClusterConv(nn.Module):
         self.normalize = bool(normalize)
         self.center = bool(center)
         self.activation = activation
+        self.encoder = ENCODERS[activation](self.bias)
 
     def similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Raw responses <patch, centroid>, or cosines when ``normalize``."""
@@ -102,11 +156,11 @@ class ClusterConv(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.similarity(x)
-        if self.activation == "onehot":
-            idx = z.argmax(dim=1)
-            return F.one_hot(idx, self.k).permute(0, 3, 1, 2).to(z.dtype)
-        return F.relu(z + self.bias)
+        return self.encoder(self.similarity(x))
+
+    def value_max(self) -> float | None:
+        """Known upper bound of the outputs (allows the uint8 cache), or None."""
+        return ENCODERS[self.activation].value_max(self.bias, self.normalize)
 
 
 FUSED_CHUNK_FLOATS = 1 << 20  # conv outputs per chunk (4 MB): stays in cache until pooled
@@ -118,21 +172,21 @@ FUSED_MAX_PATCH_DIM = 1024  # above this (e.g. 155x3x3) conv2d's own GEMM wins (
 def fused_applies(block: "Block") -> bool:
     c = block.cluster
     return (
-        c.activation == "relu"
+        bool(getattr(c.encoder, "monotone", False))
         and block.pool_kind in ("max", "none")
         and c.in_channels * c.size * c.size <= FUSED_MAX_PATCH_DIM
     )
 
 
 def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
-    """ClusterConv -> ReLU(. + b) -> max-pool, computed in cache-sized chunks
-    of images as unfold -> (normalise rows) -> one GEMM -> max of the pooling
-    window -> bias + ReLU.
+    """ClusterConv -> encoder -> max-pool, computed in cache-sized chunks of
+    images as unfold -> (normalise rows) -> one GEMM -> max of the pooling
+    window -> encoder (an elementwise non-decreasing one, e.g. ReLU(. + b)).
 
     Why: on a 2-core CPU the conv output of the first layer (k channels at full
     resolution) is far larger than the cache, and the separate division,
     ReLU and pooling passes over it cost more than the convolution itself.
-    Pooling first is exact: max-pool commutes with the monotone ReLU(. + b).
+    Pooling first is exact: max-pool commutes with a monotone elementwise encoder.
     Measured in benchmarks/features.py (before/after table in the README).
     Returns (B, k, H', W') as a channels-last view."""
     c = block.cluster
@@ -161,7 +215,7 @@ def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
                     if dy or dx:
                         m = torch.maximum(m, y[:, :, dy, :, dx])
             y = m
-        out[start : start + n] = torch.relu_(y + c.bias)
+        out[start : start + n] = c.encoder(y)
     return out.permute(0, 3, 1, 2)
 
 
@@ -188,7 +242,7 @@ class Block(nn.Module):
             self.proj = nn.Identity()
             self.out_channels = cluster.k
         else:
-            conv = nn.Conv2d(cluster.k, proj.shape[0], kernel_size=1, bias=False)
+            conv = torch.nn.utils.skip_init(nn.Conv2d, cluster.k, proj.shape[0], kernel_size=1, bias=False)
             with torch.no_grad():
                 conv.weight.copy_(proj.reshape(proj.shape[0], cluster.k, 1, 1))
             self.proj = conv
@@ -218,7 +272,7 @@ class ConvBlock(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, pool_size: int = 3, pool_stride: int = 2):
         super().__init__()
         out_c, in_c, k, _ = weight.shape
-        self.conv = nn.Conv2d(in_c, out_c, k, padding=k // 2)
+        self.conv = torch.nn.utils.skip_init(nn.Conv2d, in_c, out_c, k, padding=k // 2)  # weights copied below
         with torch.no_grad():
             self.conv.weight.copy_(weight)
             self.conv.bias.copy_(bias)
@@ -245,14 +299,10 @@ class Network(nn.Module):
             x = block(x)
         return x
 
-    def output_shape(self, upto: int | None = None) -> list[int]:
-        """(C, H, W) after the first ``upto`` blocks (all by default)."""
+    def output_shape(self) -> list[int]:
+        """(C, H, W) of the network's output."""
         with torch.no_grad():
-            x = torch.zeros(1, *self.input_shape)
-            x = self.preprocess(x)
-            for block in list(self.blocks)[: len(self.blocks) if upto is None else upto]:
-                x = block(x)
-        return list(x.shape[1:])
+            return list(self(torch.zeros(1, *self.input_shape)).shape[1:])
 
     def to_sequential(self) -> nn.Sequential:
         """The plain CNN: Preprocess, then for each block ClusterConv, pool, 1x1 conv."""
@@ -342,6 +392,32 @@ def load_network(path: str | Path) -> tuple[Network, dict]:
 
 def empty_network(norm: dict, input_shape: list[int]) -> Network:
     return Network(Preprocess(norm["scale"], norm["mean"], norm["std"]), [], input_shape)
+
+
+def network_for(model: str | Path | None, norm: dict | None, ds) -> tuple[Network, dict | None]:
+    """(network, its metadata) to extend or featurise ``ds`` with: the saved
+    one at ``model`` (checked against the images' shape), or, without a
+    model, just the preprocessing ``norm`` (``data.normalization``)."""
+    from .errors import DataError
+
+    if model is not None:
+        net, meta = load_network(model)
+        if list(ds.images.shape[1:]) != list(net.input_shape):
+            raise DataError(
+                f"{model} expects images of shape {tuple(net.input_shape)}, the data has {tuple(ds.images.shape[1:])}"
+            )
+        return net, meta
+    assert norm is not None
+    return empty_network(norm, list(ds.images.shape[1:])), None
+
+
+def load_centroids(path: str | Path) -> tuple[np.ndarray, dict]:
+    """(centroids (k, C, s, s) float32, meta) with clear errors for bad files."""
+    arrays, meta = artifacts.load_npz(path, "centroids")
+    c = arrays.get("centroids")
+    if c is None or c.ndim != 4 or c.shape[0] < 1 or c.shape[2] != c.shape[3] or not np.isfinite(c).all():
+        raise ArtifactError(f"{path} does not hold valid centroids of shape (k, C, s, s)")
+    return c.astype(np.float32), meta
 
 
 def check_centroids_fit(net: Network, centroids: np.ndarray, path: str | Path) -> None:

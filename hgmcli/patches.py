@@ -116,3 +116,12 @@ def sample_patches(
     if not np.isfinite(out).all():
         raise DataError("sampled patches contain NaN or inf values (check the input data / network)")
     return out, stats
+
+
+def source_of(net, images: np.ndarray, outputs, device: torch.device) -> tuple:
+    """(source, features) for ``sample_patches`` over net(x): the network's
+    outputs when an earlier stage kept them (``outputs``: a cached
+    ``features.FrozenFeatures``), else the images pushed through ``net`` batch by batch."""
+    if outputs is not None and outputs.cache is not None:
+        return outputs.cache, lambda batch: batch.to(device).float()
+    return images, lambda batch: net(torch.from_numpy(np.ascontiguousarray(batch)).to(device))

@@ -11,25 +11,50 @@ Run folder layout::
     RUN/layer<i>/network.pt    the network after i blocks
     RUN/classifier.pt
     RUN/metrics.json, RUN/metrics.png, RUN/run.log
+    RUN/previous/              the last finished result a config change set aside
+    RUN/.lock                  the pid of the pipeline that holds the folder
 
 A stage is skipped when its output exists and records the same stage config,
 seed and input hashes (see ``stages.reuse_existing``); every write is atomic,
-so a run killed at any point (even SIGKILL) resumes where it stopped.
+so a run killed at any point (even SIGKILL) resumes where it stopped, and the
+temporary files such a kill leaves are removed by the next run.
 ``evaluate`` always reruns: it is one pass over the evaluation split and its
-output is the run's summary."""
+output is the run's summary.
+
+The run folder is a transaction of sorts:
+
+* One pipeline at a time: an exclusive ``flock`` on ``RUN/.lock``; a second
+  pipeline on the same folder fails at once, naming the holder's pid. (The
+  kernel drops the lock when its holder dies, so a killed run never leaves a
+  stale one.)
+* ``metrics.json`` always describes the artifacts beside it: a run whose
+  config differs from ``config.yaml`` first sets the finished result aside
+  (``config.yaml``, ``metrics.json``, ``metrics.png``, ``classifier.pt`` as
+  hard links in ``previous/``), then removes what the new config invalidates
+  from the folder, before any stage runs. The layer artifacts stay: each
+  records its own config and input hashes, and the cache redoes stale ones.
+* ``config.yaml`` is written only once the folder is locked and the config
+  has validated (a ``PipelineConfig`` exists only validated), so a refused
+  run leaves the folder as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
+import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
 
-from . import stages
+from . import artifacts, stages
 from .config import PipelineConfig, to_dict
+from .errors import ArtifactError, HgmError
+from .features import FeatureCache
 from .progress import Progress, no_progress
 
 
@@ -43,18 +68,110 @@ class StageRecord:
     figures: str
 
 
-class RunLog:
-    """Appends timestamped lines to RUN/run.log (and forwards them to ``echo``)."""
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
-    def __init__(self, path: Path, echo: Callable[[str], None] | None = None):
-        self.path, self.echo = path, echo
+
+class RunLog:
+    """Appends timestamped lines to RUN/run.log (and forwards them to ``echo``).
+
+    The log is a record, not a result: when it cannot be written (disk full,
+    a read-only file) the run goes on, with one warning on ``warn``."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None] | None = None, warn: Callable[[str], None] = _stderr):
+        self.path, self.echo, self.warn = path, echo, warn
+        self.broken = False
 
     def __call__(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.path, "a") as f:
-            f.write(f"{stamp} {line}\n")
+        if not self.broken:
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                    f.write(f"{stamp} {line}\n")
+            except OSError as e:
+                self.broken = True
+                self.warn(f"warning: cannot append to {self.path} ({e.strerror or e}); going on without a run log")
         if self.echo:
             self.echo(line)
+
+
+@contextlib.contextmanager
+def locked(run: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``run`` (created if missing).
+
+    ``flock`` on ``RUN/.lock``, which holds the holder's pid for the error
+    message. The file is never deleted: unlinking it would let a third
+    process lock a fresh file while the second still holds the old one."""
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ArtifactError(f"cannot write {run}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = (os.pread(fd, 64, 0).decode(errors="replace").split() or ["?"])[0]
+            raise HgmError(
+                f"{run} is in use by another hgm pipeline (pid {holder}); wait for it or choose another --out"
+            ) from None
+        with contextlib.suppress(OSError):  # the pid is for messages only: a full disk must not stop the run
+            pid = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid, 0)  # overwrite, then cut: a reader never sees an empty file
+            os.ftruncate(fd, len(pid))
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+RESULTS = ("metrics.json", "metrics.png", "classifier.pt")  # the run's answer; metrics.json first: the claim goes first
+_RESULTS_ONLY = {"evaluate", "plots"}  # config sections read after fit-svm: changing them keeps classifier.pt valid
+
+
+def set_aside_stale_results(run: Path, config: dict) -> None:
+    """Before a run whose ``config`` differs from RUN/config.yaml: keep the
+    finished result in RUN/previous/ and take what the new config invalidates
+    out of the folder, so that no metrics.json ever sits beside artifacts it
+    did not come from (even if the new run fails half-way)."""
+    old_path = run / "config.yaml"
+    if not old_path.exists():
+        return
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        old = None
+    if old == config:
+        return
+    old = old if isinstance(old, dict) else {}  # unreadable: every section counts as changed
+    changed = {k for k in old.keys() | config.keys() if old.get(k) != config.get(k)}
+    try:
+        if (run / "metrics.json").exists():  # a finished result: keep it, whole (hard links cost nothing)
+            prev = run / "previous"
+            shutil.rmtree(prev, ignore_errors=True)
+            prev.mkdir()
+            for name in ("config.yaml", *RESULTS):
+                if (run / name).exists():
+                    _link_or_copy(run / name, prev / name)
+        for name in RESULTS:
+            if name != "classifier.pt" or not changed <= _RESULTS_ONLY:
+                (run / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot set the previous result in {run} aside: {e.strerror or e}") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
+
+
+def remove_leftovers(run: Path, log: Callable[[str], None]) -> None:
+    """Temporary files of a killed earlier run (safe: we hold the folder's lock)."""
+    for f in artifacts.leftover_temporaries(run):
+        with contextlib.suppress(OSError):
+            f.unlink()
+            log(f"removed leftover {f.relative_to(run)}")
 
 
 def _figures(result: stages.StageResult) -> tuple[str, str, str]:
@@ -85,22 +202,31 @@ def run_pipeline(
     progress: Progress = no_progress,
     echo: Callable[[str], None] | None = None,
 ) -> tuple[dict, list[StageRecord]]:
-    """Run (or resume) Algorithm 1 into ``run_dir``; return (final metrics, per-stage records)."""
-    from .artifacts import ensure_writable, save_json, to_jsonable, write_file
+    """Run (or resume) Algorithm 1 into ``run_dir``; return (final metrics, per-stage records).
 
+    Holds the run folder's lock throughout (see the module docstring)."""
     from . import data
 
     if cfg.generate is None:
         data.data_path(cfg.data)  # fail now, not after the run folder is made: no data / not found
     run = Path(run_dir)
-    ensure_writable(run / "config.yaml")
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    write_file(run / "config.yaml", lambda tmp: tmp.write_text(text))
-    log = RunLog(run / "run.log", echo)
+    with locked(run):
+        return _run_locked(cfg, run, force=force, progress=progress, echo=echo)
+
+
+def _run_locked(
+    cfg: PipelineConfig, run: Path, *, force: bool, progress: Progress, echo: Callable[[str], None] | None
+) -> tuple[dict, list[StageRecord]]:
+    log = RunLog(run / "run.log", echo, warn=echo or _stderr)
+    config = to_dict(cfg)
+    set_aside_stale_results(run, config)
+    artifacts.write_file(run / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
     log(f"run {run} (pid {os.getpid()}, force={force})")
+    remove_leftovers(run, log)
     reuse = not force
     records: list[StageRecord] = []
     common = dict(seed=cfg.seed, progress=progress)
+    cache = FeatureCache()  # network outputs handed from one stage to the next
 
     def record(name: str, result: stages.StageResult, seconds: float) -> None:
         backend, device, figs = _figures(result)
@@ -128,20 +254,21 @@ def run_pipeline(
         net = run / f"layer{i}" / "network.pt"
         prev = model
         timed(f"cluster {i}", lambda: stages.cluster(
-            data_cfg, layer.cluster, out=cents, model=prev, device=cfg.device, reuse=reuse, **common))
+            data_cfg, layer.cluster, out=cents, model=prev, device=cfg.device, reuse=reuse, cache=cache, **common))
         timed(f"train-layer {i}", lambda: stages.train_layer(
-            data_cfg, layer.train, centroids=cents, out=net, model=prev, device=cfg.device, reuse=reuse, **common))
+            data_cfg, layer.train, centroids=cents, out=net, model=prev, device=cfg.device, reuse=reuse, cache=cache,
+            **common))
         model = net
 
     classifier = run / "classifier.pt"
     timed("fit-svm", lambda: stages.fit_svm(
-        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, **common))
+        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, cache=cache, **common))
     result_box: dict = {}
 
     def evaluate() -> stages.StageResult:
         res, metrics = stages.evaluate(
             data_cfg, cfg.evaluate, model=model, classifier=classifier,
-            plot=run / "metrics.png" if cfg.plots else None, device=cfg.device, **common,
+            plot=run / "metrics.png" if cfg.plots else None, device=cfg.device, cache=cache, **common,
         )
         result_box["metrics"] = metrics
         return res
@@ -149,6 +276,6 @@ def run_pipeline(
     timed("evaluate", evaluate)
     metrics = dict(result_box["metrics"])
     metrics["stages"] = [dataclasses.asdict(r) for r in records]
-    save_json(run / "metrics.json", to_jsonable(metrics))
+    artifacts.save_json(run / "metrics.json", artifacts.to_jsonable(metrics))
     log(f"final {metrics['split']} accuracy {metrics['accuracy']:.4f}")
     return metrics, records

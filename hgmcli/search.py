@@ -10,88 +10,127 @@ A search space maps config keys to ranges::
     layers.0.train.bias: [-0.7, 0.9]        # uniform float
     "*.train.bias": [-0.7, 0.9]             # one value shared by every layer
 
+A choice (the train mode, the encoder, the head, ...) is searched over a
+list of its values, or over every value its registry holds::
+
+    layers.0.train.activation=relu,onehot
+    "layers.0.train.activation=*"         # every registered encoder
+
 The default space is built from the config: for every layer, patches and k
-(when set) log-uniform within 4x of the configured value, n within 2x (when
-the layer trains a 1x1 conv), and one bias shared by all layers, uniform in
-[-0.7, 0.9] (appendix C's values lie in -0.63..0.84)."""
+(when set) log-uniform within 4x of the configured value, out_channels
+within 2x (when the layer trains a 1x1 conv), and one bias shared by all
+layers, uniform in [-0.7, 0.9] (appendix C's values lie in -0.63..0.84)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import numpy as np
 import yaml
 
 from .artifacts import save_json, to_jsonable, write_file
-from .config import PipelineConfig, apply_overrides, from_dict, to_dict
+from .config import PipelineConfig, apply_overrides, choices_of, field_types, from_dict, to_dict
 from .errors import ConfigError
 from .progress import Progress, no_progress
 
-Space = dict[str, tuple[float, float, bool]]  # key -> (low, high, log)
+Space = dict[str, "tuple[float, float, bool] | tuple[str, ...]"]  # key -> (low, high, log), or the choices
 
 
 def default_space(cfg: PipelineConfig) -> Space:
+    from .train import TRAIN_MODES
+
     space: Space = {}
     for i, layer in enumerate(cfg.layers):
         n = layer.cluster.patches
         space[f"layers.{i}.cluster.patches"] = (max(1, n // 4), n * 4, True)
-        if layer.cluster.k is not None:
+        if layer.cluster.k != "auto":
             space[f"layers.{i}.cluster.k"] = (max(2, layer.cluster.k // 4), layer.cluster.k * 4, True)
-        if layer.train.mode in ("adam-ce", "gd-linear", "jl"):
-            space[f"layers.{i}.train.n"] = (max(2, layer.train.n // 2), layer.train.n * 2, True)
+        if TRAIN_MODES[layer.train.mode].fit is not None:
+            c = layer.train.out_channels
+            space[f"layers.{i}.train.out_channels"] = (max(2, c // 2), c * 2, True)
     space["*.train.bias"] = (-0.7, 0.9, False)
     return space
 
 
-def parse_space(items: list[str]) -> Space:
-    """``key=low:high`` or ``key=low:high:log`` items (the CLI's --space)."""
+def field_type(key: str) -> Any:
+    """The type of a pipeline config key (``layers.0.train.bias``, ``*.train.bias``), or None."""
+    tp: Any = PipelineConfig
+    for part in key.split("."):
+        if part.isdigit() or part == "*":
+            tp = get_args(tp)[0] if get_origin(tp) is list else None
+            if part == "*":
+                tp = field_types(PipelineConfig)["layers"]
+                tp = get_args(tp)[0]
+            continue
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return None
+        hints = field_types(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+        if get_origin(tp) in (Union, types.UnionType):  # e.g. GenerateConfig | None
+            inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+            tp = inner[0] if inner else tp
+    return tp
+
+
+def _is_int(tp: Any, kinds: tuple = (int,)) -> bool:
+    """Does the field take an integer (or a number of ``kinds``), possibly beside "auto"?"""
+    if get_origin(tp) is Annotated:
+        return _is_int(get_args(tp)[0], kinds)
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_is_int(a, kinds) for a in get_args(tp))
+    return tp in kinds
+
+
+def parse_space(items: list[str], cfg: PipelineConfig | None = None) -> Space:
+    """``key=low:high``, ``key=low:high:log``, ``key=a,b,c`` or ``key=*`` items (the CLI's --space)."""
     space: Space = {}
     for item in items:
         key, sep, rng = item.partition("=")
+        key = key.strip()
+        tp = field_type(key)
+        choices = choices_of(tp) if sep and not _is_int(tp, (int, float)) else None
+        if choices is not None:
+            picked = tuple(c for c in choices if c != "auto") if rng.strip() == "*" else tuple(
+                v.strip() for v in rng.split(","))
+            bad = [v for v in picked if v not in choices]
+            if bad or not picked:
+                raise ConfigError(f"--space {item!r}: {key} takes {', '.join(choices)}")
+            space[key] = picked
+            continue
         parts = rng.split(":")
         if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-            raise ConfigError(f"--space expects key=low:high or key=low:high:log, got {item!r}")
+            raise ConfigError(f"--space expects key=low:high, key=low:high:log or key=a,b,c, got {item!r}")
         try:
             low, high = float(parts[0]), float(parts[1])
         except ValueError:
             raise ConfigError(f"--space {item!r}: low and high must be numbers") from None
         if not low <= high or (len(parts) == 3 and low <= 0):
             raise ConfigError(f"--space {item!r}: need low <= high (and low > 0 for log)")
-        space[key.strip()] = (low, high, len(parts) == 3)
+        space[key] = (low, high, len(parts) == 3)
     return space
-
-
-_INT_FIELDS = {"k", "n", "patches", "iterations", "epochs", "steps", "batch_size"}
-
-
-def _is_int_key(cfg_dict: dict, key: str) -> bool:
-    """Integer-valued config key? (by its current value, or by name when it is still "auto")."""
-    node: Any = cfg_dict
-    for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.get(part)
-        else:
-            node = None
-    return (isinstance(node, int) and not isinstance(node, bool)) or key.rsplit(".", 1)[-1] in _INT_FIELDS
 
 
 def sample_trial(cfg: PipelineConfig, space: Space, rng: np.random.Generator) -> dict[str, Any]:
     """One point of the space as {config key: value} (``*.`` keys expanded to every layer)."""
-    base = to_dict(cfg)
     values: dict[str, Any] = {}
-    for key, (low, high, log) in space.items():
-        u = rng.uniform(math.log(low), math.log(high)) if log else rng.uniform(low, high)
-        v = math.exp(u) if log else u
+    for key, spec in space.items():
+        if isinstance(spec[0], str):  # a choice
+            v: Any = spec[int(rng.integers(len(spec)))]
+        else:
+            low, high, log = spec
+            v = math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
+            v = int(round(v)) if _is_int(field_type(key)) else round(float(v), 4)
         keys = [key.replace("*", f"layers.{i}", 1) for i in range(len(cfg.layers))] if key.startswith("*.") else [key]
         for k in keys:
-            values[k] = int(round(v)) if _is_int_key(base, k) else round(float(v), 4)
+            values[k] = v
     return values
 
 

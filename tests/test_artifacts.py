@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,149 @@ def test_zip_entries_have_fixed_timestamps(tmp_path):
         assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
+# --------------------------------------------------------------------------- output guards
+
+
+def _special_files(tmp_path):
+    """A FIFO, a socket and (as root, where the danger is) a character device, all inside tmp_path."""
+    import os
+    import socket
+    import stat
+
+    files = {}
+    os.mkfifo(tmp_path / "fifo")
+    files["fifo"] = "a FIFO"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    sock.close()
+    files["sock"] = "a socket"
+    if os.geteuid() == 0:  # a copy of /dev/null's device numbers, safe to lose
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        files["null"] = "a character device"
+    return files
+
+
+def test_guard_refuses_special_files_and_leaves_them_special(tmp_path):
+    import os
+
+    for name, kind in _special_files(tmp_path).items():
+        mode = os.stat(tmp_path / name).st_mode
+        (tmp_path / f"{name}-link").symlink_to(tmp_path / name)
+        for target in (tmp_path / name, tmp_path / f"{name}-link"):
+            with pytest.raises(ArtifactError, match=f"cannot write {target}: it is {kind}, not a regular file"):
+                artifacts.guard_output(target)
+            with pytest.raises(ArtifactError, match=f"it is {kind}"):  # the writer refuses too
+                artifacts.save_json(target, {})
+        assert os.stat(tmp_path / name).st_mode == mode
+    assert not artifacts.leftover_temporaries(tmp_path)
+
+
+def test_guard_refuses_the_same_file_as_an_input_however_it_is_spelled(tmp_path, monkeypatch):
+    import os
+
+    data = tmp_path / "d.npz"
+    artifacts.save_npz(data, {"x": np.ones(3)}, _meta("dataset"))
+    before = data.read_bytes()
+    os.link(data, tmp_path / "hard.npz")
+    (tmp_path / "soft.npz").symlink_to(data)
+    monkeypatch.chdir(tmp_path)
+    for out in ("d.npz", "./d.npz", str(data), "hard.npz", "soft.npz", "../" + tmp_path.name + "/d.npz"):
+        with pytest.raises(ArtifactError, match=f"cannot write .*: it is the same file as the input {data}"):
+            artifacts.guard_output(out, inputs=[None, data])
+        # The writers check the inputs recorded in the metadata, whoever calls them.
+        meta = artifacts.make_meta("centroids", "cluster", {}, inputs={"data": "d.npz"})
+        with pytest.raises(ArtifactError, match="it is the same file as the input d.npz"):
+            artifacts.save_npz(out, {"centroids": np.zeros(2)}, meta)
+        with pytest.raises(ArtifactError, match="same file as the input"):
+            artifacts.save_json(out, {}, inputs=["d.npz"])
+    assert data.read_bytes() == before
+    assert artifacts.guard_output("new.npz", inputs=[data]) == Path("new.npz")
+
+
+def test_a_symlink_out_is_written_through_and_stays_a_link(tmp_path):
+    target, link = tmp_path / "real" / "c.npz", tmp_path / "c.npz"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    artifacts.save_npz(link, {"x": np.arange(3)}, _meta())
+    assert link.is_symlink() and link.resolve() == target
+    np.testing.assert_array_equal(artifacts.load_npz(target)[0]["x"], np.arange(3))
+    dangling = tmp_path / "d.json"
+    dangling.symlink_to(tmp_path / "new" / "d.json")
+    artifacts.save_json(dangling, {"a": 1})
+    assert dangling.is_symlink() and json.loads((tmp_path / "new" / "d.json").read_text()) == {"a": 1}
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ArtifactError, match=f"cannot write {loop}: Too many levels of symbolic links"):
+        artifacts.guard_output(loop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "d.json", "loop", "new", "real"]
+
+
+def test_leftover_temporaries_are_only_this_modules(tmp_path):
+    (tmp_path / "sub").mkdir()
+    ours = [tmp_path / ".c.npz.hgm-abc123.tmp", tmp_path / "sub" / ".n.pt.hgm-x.probe"]
+    theirs = [tmp_path / ".notes.tmp", tmp_path / "c.tmp", tmp_path / "sub" / "x.probe"]
+    for f in ours + theirs:
+        f.write_text("x")
+    assert sorted(artifacts.leftover_temporaries(tmp_path)) == sorted(ours)
+
+    def boom(tmp):
+        assert tmp.name.startswith(".c.npz.hgm-") and tmp.suffix == ".tmp"  # the name the cleanup looks for
+        raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        artifacts.write_file(tmp_path / "c.npz", boom)
+
+
+# --------------------------------------------------------------------------- foreign files as artifacts
+
+
+@pytest.mark.parametrize("name", ["r.npz", "r.pt"])
+def test_random_bytes_are_not_a_zip_file(tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(np.random.default_rng(0).bytes(3000))
+    load = artifacts.load_npz if name.endswith(".npz") else artifacts.load_pt
+    what = "a readable .npz" if name.endswith(".npz") else "a readable hgm .pt file"
+    with pytest.raises(ArtifactError, match=f"^{p} is not {what} \\(not a zip file: truncated, or another format\\)$"):
+        load(p)
+
+
+def test_other_zips_are_named(tmp_path):
+    npz, pt = tmp_path / "d.npz", tmp_path / "n.pt"
+    np.savez(npz, x=np.ones(2))
+    torch.save({"w": torch.ones(1)}, pt)
+    with pytest.raises(ArtifactError, match=f"^{npz} is not an hgm .pt file \\(a zip file, but not one torch.save"):
+        artifacts.load_pt(npz)
+    with pytest.raises(ArtifactError, match=f"^{pt} is not a .npz file \\(entry '.*data.pkl' is not a .npy array\\)$"):
+        artifacts.load_npz(pt)
+
+
+def test_torchscript_file_is_one_clean_error(tmp_path):
+    import warnings
+
+    p = tmp_path / "export.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's own deprecation notices
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 2))), str(p))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ArtifactError, match=f"^{p} is a TorchScript export, not an hgm network$"):
+            artifacts.load_pt(p, "network")
+        with pytest.raises(ArtifactError, match="TorchScript export, not an hgm network or classifier$"):
+            artifacts.load_pt(p, ("network", "classifier"))
+    assert caught == []
+
+
+def test_npz_header_claiming_more_than_the_file_holds(tmp_path):
+    """A 2 KB file whose .npy header claims 10^12 images: refused before numpy allocates 256 TB."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 1, 8, 8)})
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        p = tmp_path / f"bomb{compression}.npz"
+        with zipfile.ZipFile(p, "w", compression=compression) as z:
+            z.writestr("x_train.npy", header.getvalue() + bytes(2000))
+        claim = r"array 'x_train' claims shape \(1000000000000, 1, 8, 8\) \(256,000,000,000,000 bytes\)"
+        with pytest.raises(ArtifactError, match=claim + " but the file holds at most"):
+            artifacts.load_npz(p, require_meta=False)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,19 +10,30 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+from hgmcli import artifacts
 from hgmcli.cli import app
 from hgmcli.config import PipelineConfig, load_config
-from hgmcli.pipeline import run_pipeline
+from hgmcli.errors import HgmError
+from hgmcli.pipeline import locked, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-FAST: list[str] = []  # smoke.yaml already runs in seconds; overrides here would shrink it further
+# The smoke config at a fifth of its size (~3 s): for tests of the run folder, not of the result.
+SMALL = ["generate.n_train=600", "generate.n_test=100", "data.val_size=100", "layers.0.cluster.patches=3000",
+         "layers.1.cluster.patches=3000", "plots=false"]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def cfg(*extra):
-    return load_config(PipelineConfig, SMOKE, FAST + list(extra))
+    return load_config(PipelineConfig, SMOKE, list(extra))
+
+
+def hgm(*args):
+    """The command line of a real `hgm` process (the tests' PYTHONPATH, this checkout)."""
+    return [sys.executable, "-m", "hgmcli", *map(str, args)]
 
 
 def names(records, skipped):
@@ -49,8 +61,7 @@ def test_rerun_reuses_every_stage_and_changes_rerun_only_downstream(tmp_path):
 
 
 def test_pipeline_json_has_the_evaluate_schema(tmp_path):
-    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path), "--json",
-                                 *sum((["--set", s] for s in FAST), [])])
+    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
     assert isinstance(m["accuracy"], float) and m["split"] == "test" and m["n"] == 1000
@@ -59,11 +70,10 @@ def test_pipeline_json_has_the_evaluate_schema(tmp_path):
 
 
 def test_killed_run_resumes_with_the_same_result(tmp_path):
-    overrides = sum((["--set", s] for s in FAST), [])
-    cmd = [sys.executable, "-m", "hgmcli", "-q", "pipeline", "--config", str(SMOKE), "--json", *overrides]
+    cmd = hgm("-q", "pipeline", "--config", SMOKE, "--json")
     m_ref, _ = run_pipeline(cfg(), tmp_path / "ref")
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     log = run / "run.log"
     deadline = time.time() + 60
     while time.time() < deadline:  # SIGKILL right after the first stage has finished
@@ -73,7 +83,7 @@ def test_killed_run_resumes_with_the_same_result(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "metrics.json").exists()
-    resumed = subprocess.run(cmd + ["--out", str(run)], capture_output=True, text=True, check=True)
+    resumed = subprocess.run(cmd + ["--out", str(run)], capture_output=True, text=True, check=True, env=ENV)
     m_res = json.loads(resumed.stdout)
     reused = {s["name"] for s in m_res["stages"] if s["skipped"]}
     assert "generate" in reused
@@ -90,8 +100,9 @@ def test_killed_run_resumes_with_the_same_result(tmp_path):
     ],
 )
 def test_config_errors(tmp_path, args, message):
-    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path), *args])
+    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(tmp_path / "run"), *args])
     assert r.exit_code == 1 and r.stderr.startswith(message) and r.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # no config.yaml for a config that did not validate
 
 
 def test_missing_data_root(tmp_path, monkeypatch):
@@ -103,3 +114,108 @@ def test_missing_data_root(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["pipeline", "--config", str(c), "--out", str(tmp_path / "run"),
                                  "--set", "data.root=/nonexistent/cifar"])
     assert r.exit_code == 1 and r.stderr.strip() == "Error: data not found: /nonexistent/cifar"
+
+
+# --------------------------------------------------------------------------- the run folder as a transaction
+
+
+WAIT = "wait for it or choose another --out"
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def files(run):
+    """Every file of a run folder and its bytes (the lock file aside)."""
+    return {str(f.relative_to(run)): f.read_bytes() for f in sorted(run.rglob("*")) if f.is_file() and f.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished")
+    run_pipeline(cfg(*SMALL), folder / "run")
+    shutil.copytree(folder / "run", folder / "pristine", symlinks=True)
+    return folder
+
+
+@pytest.fixture
+def run(finished):
+    """A finished run folder, fresh for each test and always at the same path
+    (the stages' cache keys hold the data path: a copy elsewhere would rerun them)."""
+    shutil.rmtree(finished / "run")
+    return Path(shutil.copytree(finished / "pristine", finished / "run", symlinks=True))
+
+
+def test_a_failed_rerun_with_another_config_leaves_no_stale_result(run):
+    result = {n: (run / n).read_bytes() for n in ("config.yaml", "metrics.json", "classifier.pt")}
+    with pytest.raises(HgmError, match="larger than the number of patches"):  # fails in layer 2, after layer 1
+        run_pipeline(cfg(*SMALL, "layers.1.cluster.k=100000"), run)
+    assert not (run / "metrics.json").exists() and not (run / "classifier.pt").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["layers"][1]["cluster"]["k"] == 100000
+    assert {n: (run / "previous" / n).read_bytes() for n in result} == result  # set aside, not lost
+    # Back to the first config: a fresh result; previous/ still holds the last *finished* one.
+    m, _ = run_pipeline(cfg(*SMALL), run)
+    assert json.loads((run / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    assert {n: (run / "previous" / n).read_bytes() for n in result} == result
+
+
+def test_a_change_after_fit_svm_keeps_the_classifier(run):
+    _, records = run_pipeline(cfg(*SMALL, "evaluate.split=val"), run)
+    assert names(records, skipped=False) == ["evaluate"]
+    assert json.loads((run / "metrics.json").read_text())["split"] == "val"
+    assert json.loads((run / "previous" / "metrics.json").read_text())["split"] == "test"
+
+
+def test_leftovers_are_removed_and_a_full_disk_log_only_warns(run):
+    ours = [run / ".data.npz.hgm-k1ll3d.tmp", run / "layer1" / ".network.pt.hgm-x.probe"]
+    users = run / ".notes.tmp"
+    for f in [*ours, users]:
+        f.write_text("x")
+    (run / "run.log").unlink()
+    (run / "run.log").symlink_to("/dev/full")  # every append fails with ENOSPC
+    r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(run), *sets(SMALL)])
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())  # rich wraps the echoed lines
+    assert err.count("warning: cannot append to") == 1 and "run.log (No space left on device)" in err
+    assert "test accuracy: 1.0000" in r.stdout
+    assert not any(f.exists() for f in ours) and users.exists()
+    assert (run / "run.log").is_symlink()
+
+
+def test_a_locked_run_folder_is_refused_at_once(run):
+    before = files(run)
+    with locked(run):
+        r = CliRunner().invoke(app, ["pipeline", "--config", str(SMOKE), "--out", str(run), "--set", "seed=1"])
+    assert r.exit_code == 1
+    assert r.stderr == f"Error: {run} is in use by another hgm pipeline (pid {os.getpid()}); {WAIT}\n"
+    assert files(run) == before
+
+
+def test_two_real_pipelines_on_one_folder(tmp_path):
+    """Issue 14: two pipelines with one --out and different seeds both 'succeeded' into a mixed folder."""
+    run = tmp_path / "run"
+    first = subprocess.Popen(hgm("-q", "pipeline", "--config", SMOKE, "--out", run, "--json", *sets(SMALL)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.time() + 120
+        while not (run / "run.log").exists():  # written once the lock is held
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.02)
+        os.kill(first.pid, signal.SIGSTOP)  # keep it mid-run however fast or slow this machine is
+        try:
+            other_seed = hgm("-q", "pipeline", "--config", SMOKE, "--out", run, *sets(SMALL), "--set", "seed=1")
+            second = subprocess.run(other_seed, capture_output=True, text=True, env=ENV, timeout=120, check=False)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert second.returncode == 1 and second.stdout == ""
+    assert second.stderr == f"Error: {run} is in use by another hgm pipeline (pid {first.pid}); {WAIT}\n"
+    assert first.returncode == 0, err
+    # Nothing mixed: every artifact, config.yaml and metrics.json come from the first run (seed 0).
+    assert json.loads((run / "metrics.json").read_text())["accuracy"] == json.loads(out)["accuracy"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 0
+    for f in ("data.npz", "layer1/centroids.npz", "layer1/network.pt", "layer2/network.pt", "classifier.pt"):
+        assert artifacts.load_meta(run / f)["seed"] == 0, f
