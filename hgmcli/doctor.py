@@ -268,7 +268,7 @@ def _nvidia_driver() -> str | None:
 
 
 def _devices(torch) -> list[dict]:
-    from .train import available_memory
+    from .features import available_memory
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     total = _total_memory()
@@ -305,9 +305,10 @@ def _total_memory() -> int | None:
 def _auto() -> dict:
     """What ``--device auto``, k-means ``backend: auto`` and ``svm_backend: auto``
     resolve to here — by calling the functions the stages call."""
+    from .classify import svm_backend
     from .device import resolve_device
+    from .features import CACHE_SHARE, memory_budget
     from .kmeans import available_backends, faiss_has_gpu, pick_backend
-    from .train import memory_budget
 
     dev = resolve_device("auto")
     kmeans = pick_backend("auto", dev)
@@ -319,15 +320,15 @@ def _auto() -> dict:
         why = "the device is CUDA and FAISS is a CPU-only build; torch k-means on the GPU"
     else:
         why = f"torch k-means on {dev.type}"
-    # classify.fit_svm: LinearSVC when the float64 features fit the stage's memory
-    # budget and sit on the CPU; the torch L-BFGS solver otherwise.
-    budget = memory_budget(None)
-    if dev.type == "cpu":
-        svm = "sklearn"
+    # classify.svm_backend: LinearSVC when the (n, dim) float64 features fit the
+    # stage's memory budget and sit on the CPU; the torch L-BFGS solver otherwise.
+    # One tiny feature set shows which side of that rule this device is on.
+    budget = memory_budget("auto")
+    svm = svm_backend("auto", 1, 1, dev, budget)
+    if svm == "sklearn":
         svm_why = (f"sklearn (LinearSVC) while the features fit in {budget / GiB:.1f} GiB as float64 "
-                   "(40% of available RAM), else torch (L-BFGS)")
+                   f"({CACHE_SHARE:.0%} of available RAM), else torch (L-BFGS)")
     else:
-        svm = "torch"
         svm_why = f"torch (L-BFGS on {dev.type}): the features are on the GPU"
     return {"device": str(dev), "kmeans": kmeans, "kmeans_why": why, "svm": svm, "svm_why": svm_why,
             "svm_budget_bytes": budget}
