@@ -2,7 +2,7 @@
 # On a CUDA machine: `make setup GPU=1` (FAISS on the GPU instead of faiss-cpu); later
 # targets keep that choice, `make setup GPU=0` goes back.
 .DELETE_ON_ERROR:
-.PHONY: setup demo test test-all smoke doctor wheel wheel-smoke lint clean
+.PHONY: setup demo test test-all smoke doctor docs wheel wheel-smoke lint clean
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -48,6 +48,10 @@ smoke: $(STAMP)
 # What this environment has and what `auto` picks on it.
 doctor: $(STAMP)
 	$(HGM) doctor
+
+# docs/cli.md, the command-line reference, from the commands themselves (tests/test_docs.py checks it).
+docs: $(STAMP)
+	$(PY) -m hgmcli.clidoc > docs/cli.md
 
 # The wheel (dist/hgmcli-*.whl), built in pip's isolated build environment.
 wheel: $(STAMP)

@@ -308,7 +308,8 @@ def _field_value(section: str, name: str, value: Any) -> Any:
 
 
 COMMON = {
-    "config": (Optional[Path], opt("--config", "-c", help="Pipeline-style YAML (a path): this command reads its sections.",
+    "config": (Optional[Path], opt("--config", "-c", help="Pipeline-style YAML, a path or a bundled config's name "
+                                   "(hgm pipeline --list-configs): this command reads its sections.",
                                    default="none: the built-in defaults")),
     "set": (Optional[list[str]], opt("--set", help="Override a config key: --set data.val_size=0 (repeatable).",
                                      default="none")),
@@ -335,7 +336,9 @@ class Given:
 
     def pipeline(self) -> PipelineConfig:
         """defaults <- --config <- --set <- --seed/--device; then --data and the data options."""
-        pcfg = load_config(PipelineConfig, self.config, self.set)
+        from .presets import resolve_config
+
+        pcfg = load_config(PipelineConfig, resolve_config(self.config) if self.config else None, self.set)
         pcfg = with_options(pcfg, {"seed": self.seed, "device": self.device})
         if "data" in self.sections:
             pcfg.data = with_options(pcfg.data, self.sections["data"], "data")
@@ -652,20 +655,37 @@ def _echo() -> Callable[[str], None] | None:
     return (lambda line: err_console.print(line, markup=False, highlight=False)) if state.verbosity >= 1 else None
 
 
+def _list_configs(value: bool) -> None:
+    if value:
+        from .presets import list_configs
+
+        table = Table(title="bundled configs: hgm pipeline --config NAME", title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("purpose")
+        for name, purpose in list_configs():
+            table.add_row(name, purpose)
+        out_console.print(table)
+        raise typer.Exit()
+
+
 @command("pipeline", sections={"data": {"root": DATA_HELP["root"]}}, common=("set", "seed", "device", "json"))
 def pipeline_cmd(
     given: Given,
-    config: Annotated[Path, opt("--config", "-c", help="Pipeline YAML (see configs/).", default="required")],
+    config: Annotated[Path, opt("--config", "-c", help="Pipeline YAML: a path, or a bundled config's name "
+                                "(see --list-configs).", default="required")],
     out: Annotated[Optional[Path], opt("--out", "-o", help="Run folder.", default="runs/<config name>")] = None,
     force: Annotated[bool, opt("--force", help="Rerun every stage, even up-to-date ones.", default="no")] = False,
+    list_configs: Annotated[bool, opt("--list-configs", callback=_list_configs, is_eager=True,
+                                      help="List the bundled configs with their purpose, and exit.", default="no")] = False,
 ) -> None:
     """Algorithm 1 end to end: (generate) -> (cluster -> train-layer) per layer -> fit-svm -> evaluate.
 
     Finished stages whose config and inputs are unchanged are reused, so a killed run resumes.
+    --config takes a path or the name of a bundled config (hgm pipeline --list-configs).
 
     Examples:
 
-      hgm pipeline --config configs/smoke.yaml
+      hgm pipeline --config smoke
 
       hgm pipeline --config configs/cifar-cpu.yaml --data ~/cifar --out runs/cifar-cpu
 
@@ -740,6 +760,51 @@ def search_cmd(
     out_console.print(table)
     if (folder / "best.yaml").exists():
         out_console.print(f"best config: {folder / 'best.yaml'}")
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+@command("doctor", common=("json",))
+def doctor_cmd(
+    given: Given,
+    require: Annotated[Optional[list[str]], opt(
+        "--require", "-r", help="Exit 1 unless these are present (comma separated, repeatable): "
+        "cuda, data, faiss, faiss-gpu, onnx, onnxruntime, tensorboard.", default="none")] = None,
+) -> None:
+    """What this environment has and what `auto` picks on it: python, torch, CUDA, FAISS, numpy and
+    scikit-learn versions, FAISS GPU support, devices, threads, the device / k-means / SVM backends,
+    and $HGM_DATA. Paste it into bug reports.
+
+    With --require, exits 1 naming each missing piece and how to get it.
+
+    Examples:
+
+      hgm doctor
+
+      hgm doctor --require faiss-gpu,cuda
+
+      hgm doctor --json > env.json
+    """
+    from . import doctor
+
+    pieces = doctor.parse_pieces(require or [])  # an unknown piece fails before the slow report
+    rep = doctor.report()
+    problems = doctor.missing(rep, pieces)
+    if given.json:
+        print_json({**rep, "required": pieces, "missing": problems})
+    else:
+        section = None
+        for sec, key, value in doctor.rows(rep):
+            if sec != section:
+                out_console.print(sec, style="bold", markup=False, highlight=False)
+                section = sec
+            line = f"  {key:<18} {value}" if key else f"  {value}"
+            out_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if pieces and not problems:
+            out_console.print(f"required: {', '.join(pieces)}: all present", markup=False, highlight=False)
+    if problems:
+        raise HgmError("missing " + "; ".join(problems))
 
 
 def main() -> None:

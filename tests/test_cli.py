@@ -10,7 +10,8 @@ from hgmcli import __version__
 from hgmcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "cluster", "train-layer", "fit-svm", "evaluate", "export", "pipeline", "baseline", "search"]
+COMMANDS = ["generate", "cluster", "train-layer", "fit-svm", "evaluate", "export", "pipeline", "baseline", "search",
+            "doctor"]
 
 
 def run(*args):
