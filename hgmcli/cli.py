@@ -197,6 +197,8 @@ CLUSTER_HELP = {
     "patch_size": "s; auto: the model's s on synthetic data, 3 on images.",
     "stride": "Sampling stride; auto: s on synthetic data, 1 on images.",
     "center": "Mean-centre patches first (the conv centres too).",
+    "whiten": "ZCA-whiten the patches before k-means (and in the block, as a conv of its own).",
+    "whiten_eps": "ZCA regulariser added to the eigenvalues, in units of their mean.",
     "backend": "k-means implementation; auto: faiss when installed, else torch.",
     "init": "Seeding.",
     "lloyd_iterations": "Lloyd iterations after seeding.",
@@ -206,10 +208,12 @@ TRAIN_HELP = {
     "mode": "How the 1x1 conv is made.",
     "out_channels": "n: output channels of the 1x1 conv.",
     "bias": "b in ReLU(conv + b).",
+    "knn_q": "knn encoder: how many nearest centroids are 1 (a count, or a fraction of k below 1).",
     "activation": "The encoder after the cluster conv; auto: onehot on synthetic data, relu on images.",
     "normalize_patches": "The conv computes cosine similarity (--raw-patches: the plain dot product).",
     "pool": "Pooling after the encoder; auto: none on synthetic data, max on images.",
-    "pool_size": "Pooling window and stride.",
+    "pool_size": "Pooling window (max, avg) or grid cells per side (grid: 2 = the quadrants).",
+    "pool_stride": "Step between pooling windows (max, avg); auto: the window.",
     "stride": "Cluster-conv stride; auto: s on synthetic data, 1 on images.",
     "padding": "Cluster-conv zero padding; auto: 0 on synthetic data, s//2 on images.",
     "epochs": "Adam epochs (adam-ce, jl).",
@@ -222,6 +226,7 @@ TRAIN_HELP = {
     "sigma": "gd-linear: init radius parameter.",
     "memory_budget": "Feature cache budget, e.g. 4G; auto: 40% of the free RAM.",
     "cache_dtype": "Storage of the cached features.",
+    "flip": "Also train on the mirror images (2x the data).",
 }
 ADAM_HELP = {  # the classifier section's Adam settings: fit-svm's linear / fc heads and the baselines
     "adam_steps": "Adam steps (the paper: 100,000).",
@@ -235,9 +240,10 @@ CLASSIFIER_HELP = {
     "svm_backend": "SVM solver; auto: liblinear when the features fit on the CPU.",
     **ADAM_HELP,
     "weight_decay": "Adam weight decay.",
+    "flip": "Also train on the mirror images (2x the data).",
 }
 BASELINE_HELP = {"arch": "Figure 3's comparison network.", "head": "fc (384-192 ReLU) or linear."}
-EVALUATE_HELP = {"split": "Which split to score."}
+EVALUATE_HELP = {"split": "Which split to score."}  # evaluate.target is the pipeline's (config only)
 SECTION_CLASSES = {"generate": GenerateConfig, "data": DataConfig, "cluster": ClusterConfig, "train": TrainConfig,
                    "classifier": ClassifierConfig, "baseline": BaselineConfig, "evaluate": EvaluateConfig}
 FLAGS = {  # where a field's option is not simply --field-name

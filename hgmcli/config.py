@@ -150,6 +150,9 @@ class ClusterConfig:
     patch_size: Count | Auto = "auto"  # s; auto: the model's s (synthetic), 3 (images)
     stride: Count | Auto = "auto"  # sampling grid; auto: s (non-overlapping, theory), 1 (images)
     center: bool = False  # subtract each patch's mean before L2-normalising
+    whiten: Literal["none", "zca"] = "none"  # zca: whiten the patches (fitted on this sample) before
+    # k-means and, identically, in the block (a conv of its own): Coates et al. 2011's largest factor
+    whiten_eps: Rate = 0.1  # ZCA regulariser added to the covariance's eigenvalues, in units of their mean
     backend: Annotated[str, Choices("kmeans", "BACKENDS")] = "auto"  # auto: faiss if importable, else torch
     init: Literal["auto", "kmeans++", "kmeans||", "random"] = "kmeans++"  # seeding (appendix B: k-means++);
     # kmeans||: Bahmani et al.'s scalable k-means++; auto: greedy k-means++ where N*k is small, else kmeans||
@@ -174,9 +177,12 @@ class TrainConfig:
     activation: Annotated[str, Choices("network", "ENCODERS", ("auto",))] = "auto"  # the encoder after
     # the cluster conv: relu = ReLU(cos + b), onehot = hard assignment phi (§5.1); auto: onehot on
     # synthetic data (the theory), relu on images (§6)
+    knn_q: Rate = 0.1  # knn encoder: the q nearest centroids are 1 (a count >= 1, or a fraction of k below 1)
     normalize_patches: bool = True  # conv computes cosine similarity (divides by the patch norm)
-    pool: Literal["auto", "max", "avg", "none"] = "auto"  # auto: none (synthetic), max (images)
-    pool_size: Count = 2  # pooling window and stride
+    pool: Literal["auto", "max", "avg", "grid", "none"] = "auto"  # auto: none (synthetic), max (images);
+    # grid: average over a pool_size x pool_size grid of equal cells (2: the quadrants), before caching
+    pool_size: Count = 2  # pooling window (max, avg) or grid cells per side (grid)
+    pool_stride: Count | Auto = "auto"  # step between pooling windows (max, avg); auto: pool_size
     stride: Count | Auto = "auto"  # cluster-conv stride; auto: s (synthetic), 1 (images)
     padding: NonNegInt | Auto = "auto"  # zero padding of the cluster conv; auto: 0 (synthetic), s // 2 ("same", images)
     epochs: Count = 5  # passes over the training split (adam-ce, jl)
@@ -191,6 +197,7 @@ class TrainConfig:
     # auto: features.CACHE_SHARE of the available RAM
     cache_dtype: Literal["float16", "uint8"] = "float16"  # uint8: 2x smaller than float16, exact to 1/255 of range
     batch_size_features: Count = 256  # images per batch through the frozen part
+    flip: bool = False  # train the 1x1 conv on the training images and their mirror images (2x the data)
 
 
 @dataclass
@@ -209,6 +216,7 @@ class ClassifierConfig:
     weight_decay: NonNeg = 0.0
     hidden: list[Count] = field(default_factory=lambda: [384, 192])  # fc hidden widths
     batch_size_features: Count = 256  # images per batch through the network
+    flip: bool = False  # train on the training images and their mirror images (2x the data)
 
 
 @dataclass
@@ -223,6 +231,8 @@ class BaselineConfig:
 @dataclass
 class EvaluateConfig:
     split: Literal["train", "val", "test"] = "test"
+    target: Annotated[float, Range(0, 1)] | None = None  # record in metrics.json when the validation accuracy
+    # (the classifier's curve) first reached this, in wall-clock seconds from the run's start; null: don't
 
 
 @dataclass

@@ -37,6 +37,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -551,3 +552,12 @@ def _read_image(file: str, decode) -> np.ndarray:
 
 
 __all__ = ["Dataset", "SPLITS", "clear_cache", "iter_batches", "load_dataset", "normalization", "resolve_root"]
+
+
+def with_flips(ds: Dataset) -> Dataset:
+    """``ds`` and its horizontal mirror images (labels repeated): flip
+    augmentation for everything hgm trains, as a dataset twice the size. The
+    split is named ``<split>+flips`` so cached features of the two never mix."""
+    images = np.concatenate([ds.images, ds.images[..., ::-1]])
+    return dataclasses.replace(ds, images=images, labels=np.concatenate([ds.labels, ds.labels]),
+                               split=f"{ds.split}+flips", latents={})

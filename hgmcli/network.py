@@ -57,6 +57,14 @@ class Preprocess(nn.Module):
 # --------------------------------------------------------------------------- encoders
 
 
+# Every encoder maps the similarities z (B, k, H, W) -- cosines when the conv
+# normalises patches -- to features of the same shape; it is built from the
+# block's b and q (each encoder uses what it needs), and says whether it is
+# elementwise non-decreasing (``monotone``: max-pooling may then go first,
+# which the fused path uses) and what bounds its outputs (``value_max``: the
+# uint8 cache needs one).
+
+
 class ReluBias(nn.Module):
     """ReLU(z + b) (§6 step 3): with cosines z and b < 0 only the centroids a
     patch is close to stay on, the "roughly one-hot" map of the paper."""
@@ -64,7 +72,7 @@ class ReluBias(nn.Module):
     help = "ReLU(z + b), z the cosine (or raw) similarity to each centroid (§6)"
     monotone = True  # elementwise non-decreasing: max-pooling first gives the same result
 
-    def __init__(self, bias: float):
+    def __init__(self, bias: float = 0.0, q: float = 0.0):
         super().__init__()
         self.bias = float(bias)
 
@@ -83,7 +91,7 @@ class OneHot(nn.Module):
     help = "hard assignment phi: one-hot of the nearest centroid (§5.1, the theory)"
     monotone = False
 
-    def __init__(self, bias: float = 0.0):
+    def __init__(self, bias: float = 0.0, q: float = 0.0):
         super().__init__()
         self.bias = float(bias)
 
@@ -96,7 +104,76 @@ class OneHot(nn.Module):
         return 1.0
 
 
-ENCODERS: dict[str, type[nn.Module]] = {"relu": ReluBias, "onehot": OneHot}
+class Triangle(nn.Module):
+    """Coates, Lee & Ng (2011)'s "triangle" encoder: f_k = max(0, mean_j d_j - d_k)
+    with d the Euclidean distances of the patch to the centroids. On unit
+    vectors (the conv normalises patches; centroids are unit) d = sqrt(2 - 2 cos),
+    so it needs ``normalize_patches``. About half the features are 0: those of
+    the centroids farther than average."""
+
+    help = "triangle (Coates et al. 2011): max(0, mean distance - distance to each centroid)"
+    monotone = False
+
+    def __init__(self, bias: float = 0.0, q: float = 0.0):
+        super().__init__()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        d = torch.sqrt(torch.clamp(2.0 - 2.0 * z, min=0.0))
+        return F.relu(d.mean(dim=1, keepdim=True) - d)
+
+    @staticmethod
+    def value_max(bias: float, normalize: bool) -> float | None:
+        return 2.0  # distances between unit vectors lie in [0, 2]
+
+
+class KNearest(nn.Module):
+    """Thiry, Arbel, Belilovsky & Oyallon (2021)'s encoding: 1 for the q
+    centroids nearest to the patch, 0 for the others. ``q`` is a count (>= 1)
+    or a fraction of k (< 1). Ranking by similarity is ranking by distance for
+    unit centroids, normalised patches or not. Ties at the q-th value all count."""
+
+    help = "k-nearest (Thiry et al. 2021): 1 for the q most similar centroids, else 0"
+    monotone = False
+
+    def __init__(self, bias: float = 0.0, q: float = 0.1):
+        super().__init__()
+        self.q = float(q)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        k = z.shape[1]
+        q = max(1, min(k, int(round(self.q * k)) if self.q < 1 else int(self.q)))
+        kth = torch.topk(z, q, dim=1).values[:, q - 1 : q]  # (B, 1, H, W): the q-th largest similarity
+        return (z >= kth).to(z.dtype)
+
+    @staticmethod
+    def value_max(bias: float, normalize: bool) -> float | None:
+        return 1.0
+
+
+ENCODERS: dict[str, type[nn.Module]] = {"relu": ReluBias, "onehot": OneHot, "triangle": Triangle, "knn": KNearest}
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+class Whiten(nn.Module):
+    """ZCA whitening of every s x s patch as a conv: y = A x_patch + b at each
+    position (``patches.fit_zca``), d = C*s*s output channels. A block with it
+    clusters (and encodes) the whitened patches with a 1x1 cluster conv, so
+    the exported network stays a plain CNN: conv (whitening), 1x1 conv
+    (centroids), encoder, pool, 1x1 conv.
+
+    weight: (d, C, s, s) = A reshaped; bias: (d,) = b."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().contiguous())
+        self.register_buffer("bias", bias.detach().float().contiguous())
+        self.stride, self.padding = int(stride), int(padding)
+        self.size = int(weight.shape[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
 
 
 # --------------------------------------------------------------------------- the cluster conv
@@ -119,10 +196,13 @@ class ClusterConv(nn.Module):
         normalize: bool = True,
         center: bool = False,
         activation: str = "relu",
+        q: float = 0.1,
     ):
         super().__init__()
         if activation not in ENCODERS:
             raise HgmError(f"unknown encoder {activation!r}; expected one of {', '.join(ENCODERS)}")
+        if activation == "triangle" and not normalize:
+            raise HgmError("the triangle encoder needs distances between unit vectors: keep normalize_patches on")
         self.register_buffer("weight", centroids.detach().float().contiguous())
         self.register_buffer("weight_sum", self.weight.sum(dim=(1, 2, 3)).view(1, -1, 1, 1))
         self.k = int(centroids.shape[0])
@@ -134,7 +214,8 @@ class ClusterConv(nn.Module):
         self.normalize = bool(normalize)
         self.center = bool(center)
         self.activation = activation
-        self.encoder = ENCODERS[activation](self.bias)
+        self.q = float(q)  # the knn encoder's q (a count, or a fraction of k below 1)
+        self.encoder = ENCODERS[activation](bias=self.bias, q=self.q)
 
     def similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Raw responses <patch, centroid>, or cosines when ``normalize``."""
@@ -171,32 +252,30 @@ FUSED_MAX_PATCH_DIM = 1024  # above this (e.g. 155x3x3) conv2d's own GEMM wins (
 
 def fused_applies(block: "Block") -> bool:
     c = block.cluster
-    return (
-        bool(getattr(c.encoder, "monotone", False))
-        and block.pool_kind in ("max", "none")
-        and c.in_channels * c.size * c.size <= FUSED_MAX_PATCH_DIM
-    )
+    return block.pool_kind in POOLS and c.in_channels * c.size * c.size <= FUSED_MAX_PATCH_DIM
 
 
 def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
-    """ClusterConv -> encoder -> max-pool, computed in cache-sized chunks of
-    images as unfold -> (normalise rows) -> one GEMM -> max of the pooling
-    window -> encoder (an elementwise non-decreasing one, e.g. ReLU(. + b)).
+    """(Whitening ->) ClusterConv -> encoder -> pool, computed in cache-sized
+    chunks of images as unfold -> (centre, normalise rows) -> one GEMM ->
+    encoder -> pool on the channels-last result; for a monotone elementwise
+    encoder (ReLU(. + b)) and max-pooling, pool first: max-pool commutes with
+    it, and the encoder then touches 1/p^2 of the values.
 
     Why: on a 2-core CPU the conv output of the first layer (k channels at full
     resolution) is far larger than the cache, and the separate division,
-    ReLU and pooling passes over it cost more than the convolution itself.
-    Pooling first is exact: max-pool commutes with a monotone elementwise encoder.
+    encoder and pooling passes over it cost more than the convolution itself.
     Measured in benchmarks/features.py (before/after table in the README).
-    Returns (B, k, H', W') as a channels-last view."""
+    Returns (B, k, H', W')."""
+    x = block.whiten(x)
     c = block.cluster
     b, ch, h, w = x.shape
     s, st, pad = c.size, c.stride, c.padding
     ho, wo = (h + 2 * pad - s) // st + 1, (w + 2 * pad - s) // st + 1
-    p = block.pool_size if block.pool_kind == "max" else 1
-    hp, wp = ho // p, wo // p
     weight = c.weight.reshape(c.k, -1).t()  # (C*s*s, k)
-    out = torch.empty(b, hp, wp, c.k, dtype=x.dtype, device=x.device)
+    pool_first = bool(getattr(c.encoder, "monotone", False)) and block.pool_kind in ("max", "none")
+    p = block.pool_size if block.pool_kind == "max" else 1
+    outs = []
     chunk = max(1, FUSED_CHUNK_FLOATS // max(1, ho * wo * c.k))
     for start in range(0, b, chunk):
         xc = x[start : start + chunk]
@@ -207,37 +286,51 @@ def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
         if c.normalize:
             cols = cols * torch.rsqrt((cols * cols).sum(dim=2, keepdim=True) + 1e-12)
         y = (cols.reshape(-1, cols.shape[2]) @ weight).view(n, ho, wo, c.k)  # channels-last
-        if p > 1:  # max over the p x p window via strided views (amax over two dims is slow on CPU)
+        if pool_first and p > 1 and block.pool_stride == p:
+            hp, wp = ho // p, wo // p  # max over the p x p window via strided views (amax is slow on CPU)
             y = y[:, : hp * p, : wp * p].reshape(n, hp, p, wp, p, c.k)
             m = y[:, :, 0, :, 0]
             for dy in range(p):
                 for dx in range(p):
                     if dy or dx:
                         m = torch.maximum(m, y[:, :, dy, :, dx])
-            y = m
-        out[start : start + n] = c.encoder(y)
-    return out.permute(0, 3, 1, 2)
+            outs.append(c.encoder(m.permute(0, 3, 1, 2)).contiguous())
+        else:  # encode at full resolution, then pool (avg / grid / max on a channels-last view)
+            outs.append(block.pool(c.encoder(y.permute(0, 3, 1, 2))).contiguous())
+    return torch.cat(outs)
 
 
-def make_pool(kind: str, size: int) -> nn.Module:
+POOLS = ("max", "avg", "grid", "none")
+
+
+def make_pool(kind: str, size: int, stride: int | None = None) -> nn.Module:
+    """max / avg: size x size windows at ``stride`` (default: size); grid: average
+    over a size x size grid of equal cells (size 2: the four quadrants, Coates et
+    al.'s pooling), whatever the map's size; none."""
+    stride = size if stride is None else stride
     if kind == "max":
-        return nn.MaxPool2d(size)
+        return nn.MaxPool2d(size, stride)
     if kind == "avg":
-        return nn.AvgPool2d(size)
+        return nn.AvgPool2d(size, stride)
+    if kind == "grid":
+        return nn.AdaptiveAvgPool2d(size)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown pool {kind!r}")
 
 
 class Block(nn.Module):
-    """ClusterConv -> pool -> optional 1x1 conv (the embedding K)."""
+    """[Whiten ->] ClusterConv -> pool -> optional 1x1 conv (the embedding K)."""
 
-    def __init__(self, cluster: ClusterConv, pool: str = "none", pool_size: int = 2, proj: torch.Tensor | None = None):
+    def __init__(self, cluster: ClusterConv, pool: str = "none", pool_size: int = 2, proj: torch.Tensor | None = None,
+                 *, whiten: Whiten | None = None, pool_stride: int | None = None):
         super().__init__()
+        self.whiten = whiten if whiten is not None else nn.Identity()
         self.cluster = cluster
         self.pool_kind = pool
         self.pool_size = int(pool_size)
-        self.pool = make_pool(pool, pool_size)
+        self.pool_stride = int(pool_size if pool_stride is None else pool_stride)
+        self.pool = make_pool(pool, self.pool_size, self.pool_stride)
         if proj is None:
             self.proj = nn.Identity()
             self.out_channels = cluster.k
@@ -251,12 +344,12 @@ class Block(nn.Module):
     def frozen(self, x: torch.Tensor) -> torch.Tensor:
         """Everything before the 1x1 conv (what train-layer caches).
 
-        The eager path is ``fused_frozen`` where it applies (ReLU activation,
-        max or no pooling); the plain conv -> activation -> pool modules are
-        what TorchScript export uses and what the tests compare it against."""
+        The eager path is ``fused_frozen`` where it applies; the plain
+        whiten -> conv -> encoder -> pool modules are what TorchScript export
+        uses and what the tests compare it against."""
         if not torch.jit.is_scripting() and fused_applies(self):
             return fused_frozen(self, x)
-        return self.pool(self.cluster(x))
+        return self.pool(self.cluster(self.whiten(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.frozen(x))
@@ -305,10 +398,13 @@ class Network(nn.Module):
             return list(self(torch.zeros(1, *self.input_shape)).shape[1:])
 
     def to_sequential(self) -> nn.Sequential:
-        """The plain CNN: Preprocess, then for each block ClusterConv, pool, 1x1 conv."""
+        """The plain CNN: Preprocess, then for each block [Whiten,] ClusterConv, pool, 1x1 conv."""
         mods: list[nn.Module] = [self.preprocess]
         for b in self.blocks:
-            mods += [b.cluster, b.pool, b.proj] if isinstance(b, Block) else [b.conv, nn.ReLU(), b.pool]
+            if isinstance(b, Block):
+                mods += ([b.whiten] if isinstance(b.whiten, Whiten) else []) + [b.cluster, b.pool, b.proj]
+            else:
+                mods += [b.conv, nn.ReLU(), b.pool]
         return nn.Sequential(*mods)
 
 
@@ -335,9 +431,16 @@ def block_spec(b: nn.Module, extra: dict | None = None) -> dict:
         "normalize": c.normalize,
         "center": c.center,
         "activation": c.activation,
+        "q": c.q,
         "pool": b.pool_kind,
         "pool_size": b.pool_size,
+        "pool_stride": b.pool_stride,
+        "whiten": None,
     }
+    if isinstance(b.whiten, Whiten):
+        w = b.whiten
+        spec["whiten"] = {"weight": w.weight.cpu().clone(), "bias": w.bias.cpu().clone(), "stride": w.stride,
+                          "padding": w.padding}
     spec.update(extra or {})
     return spec
 
@@ -353,8 +456,12 @@ def block_from_spec(spec: dict) -> nn.Module:
         normalize=spec["normalize"],
         center=spec["center"],
         activation=spec["activation"],
+        q=spec.get("q", 0.1),
     )
-    return Block(cluster, spec["pool"], spec["pool_size"], spec["proj"])
+    w = spec.get("whiten")
+    whiten = Whiten(w["weight"], w["bias"], w["stride"], w["padding"]) if w is not None else None
+    return Block(cluster, spec["pool"], spec["pool_size"], spec["proj"], whiten=whiten,
+                 pool_stride=spec.get("pool_stride"))
 
 
 def network_payload(net: Network) -> dict:
@@ -411,17 +518,31 @@ def network_for(model: str | Path | None, norm: dict | None, ds) -> tuple[Networ
     return empty_network(norm, list(ds.images.shape[1:])), None
 
 
-def load_centroids(path: str | Path) -> tuple[np.ndarray, dict]:
-    """(centroids (k, C, s, s) float32, meta) with clear errors for bad files."""
+def load_centroids(path: str | Path) -> tuple[np.ndarray, Whiten | None, dict]:
+    """(centroids (k, C, s, s) float32, the whitening conv or None, meta), every
+    array checked. Whitened centroids live in the whitened space: (k, d, 1, 1)
+    after a Whiten conv of d = C*s*s channels."""
     arrays, meta = artifacts.load_npz(path, "centroids")
     c = arrays.get("centroids")
     if c is None or c.ndim != 4 or c.shape[0] < 1 or c.shape[2] != c.shape[3] or not np.isfinite(c).all():
         raise ArtifactError(f"{path} does not hold valid centroids of shape (k, C, s, s)")
-    return c.astype(np.float32), meta
+    whiten = None
+    if "whiten_weight" in arrays:
+        w, b = arrays["whiten_weight"], arrays.get("whiten_bias")
+        if (w.ndim != 4 or b is None or b.shape != (w.shape[0],) or w.shape[2] != w.shape[3]
+                or c.shape[1:] != (w.shape[0], 1, 1) or not (np.isfinite(w).all() and np.isfinite(b).all())):
+            raise ArtifactError(f"{path}: the whitening arrays do not match centroids of shape {c.shape}")
+        whiten = Whiten(torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32)))
+    return c.astype(np.float32), whiten, meta
 
 
-def check_centroids_fit(net: Network, centroids: np.ndarray, path: str | Path) -> None:
-    c_out = net.output_shape()[0]
+def check_centroids_fit(net: Network, centroids: np.ndarray | torch.Tensor, path: str | Path) -> None:
+    """The first conv of a new block (``centroids``, or the whitening conv's
+    weight) must read the channels ``net`` outputs, and fit its map."""
+    c_out, h, w = net.output_shape()
+    if centroids.shape[2] > min(h, w):
+        raise HgmError(f"{path}: {centroids.shape[2]}x{centroids.shape[2]} kernels do not fit the network's "
+                       f"{h}x{w} output")
     if centroids.ndim != 4 or centroids.shape[1] != c_out:
         raise HgmError(
             f"{path}: centroids have {centroids.shape[1] if centroids.ndim == 4 else '?'} channels "

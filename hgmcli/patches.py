@@ -125,3 +125,38 @@ def source_of(net, images: np.ndarray, outputs, device: torch.device) -> tuple:
     if outputs is not None and outputs.cache is not None:
         return outputs.cache, lambda batch: batch.to(device).float()
     return images, lambda batch: net(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
+
+
+def fit_zca(x: np.ndarray, eps: float, *, center: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+    """ZCA whitening of patches, as one affine map ``y = A x + b`` (Coates, Lee
+    & Ng 2011, "the single largest factor" for k-means features).
+
+    x: (N, d) float32 patches, one per row, N >= d. With ``center`` each patch's
+    own mean is removed first (brightness); that projection is folded into A.
+    Then A = U diag(1/sqrt(lambda + eps * mean(lambda))) U^T over the
+    eigenpairs (lambda, U) of the patches' covariance, and b = -A mu. ``eps`` is
+    the regulariser added to the eigenvalues, in units of their mean (so one
+    value suits raw pixels and deep features alike): the whitened covariance is
+    U diag(lambda / (lambda + eps')) U^T, the identity up to eps' / lambda on
+    every direction whose variance is well above eps', and directions of
+    variance below it (noise, and the one a per-patch centring removes) are
+    damped instead of blown up. Returns (A (d, d) float32, b (d,) float32,
+    stats)."""
+    n, d = x.shape
+    if not (eps > 0 and np.isfinite(eps)):
+        raise DataError(f"whitening needs whiten_eps > 0, got {eps}")
+    if n < d:
+        raise DataError(f"whitening {d}-dimensional patches needs at least {d} sampled patches, got {n}")
+    x64 = x.astype(np.float64)
+    project = np.eye(d) - (np.full((d, d), 1.0 / d) if center else 0.0)  # removes each patch's mean
+    x64 = x64 @ project  # project is symmetric
+    mu = x64.mean(axis=0)
+    cov = np.cov(x64, rowvar=False, bias=True)
+    lam, u = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0.0, None)
+    reg = eps * max(float(lam.mean()), 1e-12)
+    a = (u / np.sqrt(lam + reg)) @ u.T @ project
+    b = -(u / np.sqrt(lam + reg)) @ u.T @ mu
+    stats = {"eps": eps, "eps_absolute": reg, "eigenvalues_top": lam[::-1][:5].tolist(),
+             "eigenvalues_bottom": lam[:3].tolist(), "center": center}
+    return a.astype(np.float32), b.astype(np.float32), stats

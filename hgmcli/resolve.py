@@ -69,7 +69,7 @@ def resolve_cluster(cfg: ClusterConfig, ds, n_blocks: int, device: torch.device)
 
 
 def resolve_train(cfg: TrainConfig, ds, patch_size: int) -> TrainConfig:
-    """Cluster-conv stride and padding, pooling and the encoder."""
+    """Cluster-conv stride and padding, pooling (and its stride) and the encoder."""
     out = dataclasses.replace(cfg)
     if out.stride == "auto":
         out.stride = patch_size if ds.synthetic else 1
@@ -77,6 +77,8 @@ def resolve_train(cfg: TrainConfig, ds, patch_size: int) -> TrainConfig:
         out.padding = 0 if ds.synthetic else patch_size // 2
     if out.pool == "auto":
         out.pool = "none" if ds.synthetic else "max"
+    if out.pool_stride == "auto":
+        out.pool_stride = out.pool_size
     if out.activation == "auto":
         out.activation = "onehot" if ds.synthetic else "relu"
     return out

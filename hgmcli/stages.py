@@ -25,7 +25,7 @@ from .config import to_dict
 from .errors import DataError, HgmError
 from .export import export
 from .network import Block, ClusterConv, check_centroids_fit, load_centroids, network_for, network_from_payload, save_network
-from .patches import sample_patches, source_of
+from .patches import fit_zca, sample_patches, source_of
 from .plots import write_metrics_plot
 from .preview import write_preview
 from .progress import Progress, no_progress
@@ -104,7 +104,8 @@ def cluster(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
         net.to(dev).eval()
         rcfg = resolve_cluster(cfg, ds, len(net.blocks), dev)
         c_in = net.output_shape()[0]
-        features.check_fits(rcfg.patches * c_in * rcfg.patch_size**2 * 4 * 2, f"{rcfg.patches:,} patches")
+        copies = 4 if rcfg.whiten == "zca" else 2  # float32 patches, normalised rows (and a float64 copy to whiten)
+        features.check_fits(rcfg.patches * c_in * rcfg.patch_size**2 * 4 * copies, f"{rcfg.patches:,} patches")
         outs = features.network_outputs(net, model, ds, dev, rcfg.batch_size, cache=cache, progress=progress) \
             if model is not None else None  # the network's outputs, kept for train-layer when they fit
         source, fn = source_of(net, ds.images, outs, dev)
@@ -113,17 +114,25 @@ def cluster(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
             batch_size=rcfg.batch_size, rows=kmeans.shard_for_rank(rcfg.patches), progress=progress,
         )
         t_patches = time.perf_counter() - t0
+        arrays, whitening = {}, None
+        if rcfg.whiten == "zca":  # cluster the whitened patches; the block whitens identically (network.Whiten)
+            a, b, whitening = fit_zca(patches, rcfg.whiten_eps, center=rcfg.center)
+            patches = patches @ a.T + b
+            s = rcfg.patch_size
+            arrays = {"whiten_weight": a.reshape(len(a), c_in, s, s), "whiten_bias": b}
         result = kmeans.spherical_kmeans(
-            kmeans.normalize_rows(patches, center=rcfg.center), rcfg.k, iterations=rcfg.lloyd_iterations,
+            kmeans.normalize_rows(patches, center=rcfg.center and whitening is None), rcfg.k,
+            iterations=rcfg.lloyd_iterations,
             init=rcfg.init, backend=rcfg.backend, device=dev, seed=seed,
             max_points_per_centroid=rcfg.max_points_per_centroid,
             seed_trials=None if rcfg.seed_trials == "auto" else rcfg.seed_trials, restarts=rcfg.restarts,
             progress=progress,
         )
         s = rcfg.patch_size
-        centroids = result.centroids.reshape(rcfg.k, c_in, s, s).astype(np.float32)
+        shape = (rcfg.k, patches.shape[1], 1, 1) if whitening else (rcfg.k, c_in, s, s)  # whitened: a 1x1 conv
+        centroids = result.centroids.reshape(shape).astype(np.float32)
         stats = {**result.stats, "patches": pstats, "objective": result.objective, "sizes": result.sizes,
-                 "seconds_patches": round(t_patches, 3)}
+                 "seconds_patches": round(t_patches, 3), "whitening": whitening}
         summary = [
             ("k", str(rcfg.k)),
             ("patches (N)", f"{rcfg.patches:,} of size {s}x{s}x{c_in}, stride {rcfg.stride}"),
@@ -132,8 +141,8 @@ def cluster(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
             ("backend / device", f"{result.stats.get('backend')} / {result.stats.get('device')}"),
         ]
         meta = {"resolved": to_dict(rcfg), "preprocess": net.preprocess.spec(), "n_blocks": len(net.blocks),
-                "center": rcfg.center}
-        arrays = {"centroids": centroids, "sizes": result.sizes.astype(np.int64)}
+                "center": rcfg.center and whitening is None, "whiten": rcfg.whiten}
+        arrays.update(centroids=centroids, sizes=result.sizes.astype(np.int64))
         return Produced(lambda p, m: artifacts.save_npz(p, arrays, m), stats, summary, meta,
                         time_detail=f"patches {t_patches:.1f} s")
 
@@ -151,15 +160,21 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
     """Build Conv(centroids)-encoder-Pool, train its 1x1 conv (§4.1/§6), append the block."""
 
     def body(dev) -> Produced:
-        cents, cmeta = load_centroids(centroids)
+        cents, whiten, cmeta = load_centroids(centroids)
         ds, ds_val = data.load_dataset(data_cfg, "train", seed=seed), _maybe_val(data_cfg, seed)
+        if cfg.flip:
+            ds = data.with_flips(ds)
         net, nmeta = network_for(model, cmeta.get("preprocess"), ds)
-        check_centroids_fit(net, cents, centroids)
-        rcfg = resolve_train(cfg, ds, cents.shape[2])
-        conv = ClusterConv(torch.from_numpy(cents), stride=rcfg.stride, padding=rcfg.padding, bias=rcfg.bias,
-                           normalize=rcfg.normalize_patches, center=bool(cmeta.get("center", False)),
-                           activation=rcfg.activation)
-        block = Block(conv, rcfg.pool, rcfg.pool_size)
+        check_centroids_fit(net, whiten.weight if whiten is not None else cents, centroids)
+        rcfg = resolve_train(cfg, ds, whiten.size if whiten is not None else cents.shape[2])
+        geometry = dict(stride=rcfg.stride, padding=rcfg.padding)
+        if whiten is not None:  # the whitening conv has the block's geometry; the centroids are a 1x1 conv after it
+            whiten.stride, whiten.padding = rcfg.stride, rcfg.padding
+            geometry = dict(stride=1, padding=0)
+        conv = ClusterConv(torch.from_numpy(cents), bias=rcfg.bias, normalize=rcfg.normalize_patches,
+                           center=bool(cmeta.get("center", False)), activation=rcfg.activation, q=rcfg.knn_q,
+                           **geometry)
+        block = Block(conv, rcfg.pool, rcfg.pool_size, whiten=whiten, pool_stride=rcfg.pool_stride)
         net.to(dev).eval()
         block.to(dev).eval()
         fit = TRAIN_MODES[rcfg.mode].fit
@@ -173,12 +188,13 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
             res = fit(ex, rcfg, seed=seed, device=dev, progress=progress)
             proj, tstats = res.proj, {**res.stats, "features": feats.stats()}
         net = net.cpu()
-        net.blocks.append(Block(conv.cpu(), rcfg.pool, rcfg.pool_size, proj))
+        net.blocks.append(Block(conv.cpu(), rcfg.pool, rcfg.pool_size, proj, whiten=block.whiten.cpu(),
+                                pool_stride=rcfg.pool_stride))
         out_shape = net.output_shape()
         info = {"mode": rcfg.mode, "k": int(cents.shape[0]), "n": net.blocks[-1].out_channels,
-                "patch_size": int(cents.shape[2]), "stride": rcfg.stride, "padding": rcfg.padding,
-                "pool": rcfg.pool, "activation": rcfg.activation, "bias": rcfg.bias,
-                "stats": artifacts.to_jsonable(tstats)}
+                "patch_size": whiten.size if whiten is not None else int(cents.shape[2]), "stride": rcfg.stride,
+                "padding": rcfg.padding, "whiten": whiten is not None, "pool": rcfg.pool, "pool_size": rcfg.pool_size,
+                "activation": rcfg.activation, "bias": rcfg.bias, "stats": artifacts.to_jsonable(tstats)}
         blocks_info = list((nmeta or {}).get("blocks", [])) + [info]
 
         def save(path: Path, meta: dict) -> None:
@@ -188,8 +204,9 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
 
         val_acc = [v for v in tstats.get("val_accuracy", []) or [] if v is not None]
         summary = [
-            ("block", f"{len(net.blocks)}: conv {cents.shape[2]}x{cents.shape[2]} ({cents.shape[0]} centroids, stride "
-                      f"{rcfg.stride}) -> {rcfg.activation}(b={rcfg.bias:g}) -> pool {rcfg.pool} -> 1x1 ({rcfg.mode}, "
+            ("block", f"{len(net.blocks)}: {'whiten -> ' if whiten is not None else ''}conv {info['patch_size']}x"
+                      f"{info['patch_size']} ({cents.shape[0]} centroids, stride {rcfg.stride}) -> {rcfg.activation}"
+                      f"(b={rcfg.bias:g}) -> pool {rcfg.pool} {rcfg.pool_size} -> 1x1 ({rcfg.mode}, "
                       f"n={net.blocks[-1].out_channels})"),
             ("output shape", _shape(out_shape)),
             ("features", features.describe(tstats.get("features"))),
@@ -216,6 +233,8 @@ def fit_svm(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
         net, _ = network_for(model, data.normalization(data_cfg, ds) if model is None else None, ds)
         net.to(dev).eval()
         budget = features.memory_budget("auto")
+        if cfg.flip:  # after the normalisation: it is the training split's own
+            ds = data.with_flips(ds)
         splits = [features.network_outputs(net, model, d, dev, cfg.batch_size_features, cache=cache,
                                            progress=progress, label=f"features ({d.split})") if d is not None else None
                   for d in (ds, ds_val)]

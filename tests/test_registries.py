@@ -48,7 +48,7 @@ def test_a_new_encoder_is_one_entry(monkeypatch, tiny):
         help = "z squared"
         monotone = False
 
-        def __init__(self, bias: float = 0.0):
+        def __init__(self, bias: float = 0.0, q: float = 0.0):  # every encoder is built from the block's b and q
             super().__init__()
             self.bias = float(bias)
 

@@ -1,0 +1,158 @@
+"""Beyond the paper, as options of the same block (issue 13): ZCA-whitened
+patches, the triangle and k-nearest encoders, grid pooling before caching,
+flip augmentation. Each is checked against its defining formula."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hgmcli import network
+from hgmcli.cli import app
+from hgmcli.patches import fit_zca
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_zca_makes_the_patch_covariance_the_identity_up_to_eps(center):
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((27, 27)) + 3 * np.eye(27)  # correlated pixels, well-conditioned
+    x = (rng.standard_normal((40_000, 27)) @ mix + 5.0).astype(np.float32)
+    eps = 1e-3
+    a, b, stats = fit_zca(x, eps, center=center)
+    y = x.astype(np.float64) @ a.T + b
+    cov = np.cov(y, rowvar=False, bias=True)
+    assert np.abs(y.mean(axis=0)).max() < 1e-4
+    lam = np.linalg.eigvalsh(cov)
+    if center:  # the per-patch mean is removed: one direction (the constant patch) has no variance left
+        assert lam[0] < 1e-6
+        lam = lam[1:]
+    # each eigenvalue is lambda / (lambda + eps * mean(lambda)): within eps * mean / lambda_min of 1
+    tol = stats["eps_absolute"] / min(stats["eigenvalues_bottom"][int(center):] or [1.0])
+    assert np.all(np.abs(lam - 1) <= 1.5 * tol + 1e-6), (lam.min(), lam.max(), tol)
+
+
+def test_the_whitened_block_is_whiten_then_conv_in_both_paths():
+    torch.manual_seed(0)
+    c, s, d, k = 3, 5, 75, 16
+    a = torch.randn(d, c, s, s) / 5
+    b = torch.randn(d)
+    cents = torch.nn.functional.normalize(torch.randn(k, d), dim=1).view(k, d, 1, 1)
+    x = torch.randn(4, c, 12, 12)
+    for activation in ("relu", "triangle", "knn", "onehot"):
+        for pool, size in (("max", 2), ("grid", 2), ("avg", 3)):
+            block = network.Block(network.ClusterConv(cents, bias=-0.1, activation=activation, q=3), pool, size,
+                                  whiten=network.Whiten(a, b, stride=1, padding=2))
+            # the definition: whiten each patch, cosine with every centroid, encode, pool
+            y = torch.nn.functional.conv2d(x, a, b, padding=2)                       # (B, d, H, W)
+            cos = torch.einsum("bdhw,kd->bkhw", y, cents.view(k, d)) / y.norm(dim=1, keepdim=True)
+            want = block.pool(block.cluster.encoder(cos))
+            assert network.fused_applies(block)
+            torch.testing.assert_close(network.fused_frozen(block, x), want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(block.pool(block.cluster(block.whiten(x))), want, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _reference(name: str, x: np.ndarray, cents: np.ndarray, b: float, q: float) -> np.ndarray:
+    """Each encoder from its formula, patch by patch: x (n, d) patches, cents (k, d) unit centroids."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = xn @ cents.T
+    dist = np.linalg.norm(xn[:, None, :] - cents[None, :, :], axis=2)  # Euclidean, computed directly
+    if name == "relu":
+        return np.maximum(cos + b, 0)
+    if name == "onehot":
+        return np.eye(len(cents))[cos.argmax(axis=1)]
+    if name == "triangle":  # Coates et al.: max(0, mean_j z_j - z_k)
+        return np.maximum(dist.mean(axis=1, keepdims=True) - dist, 0)
+    if name == "knn":  # Thiry et al.: 1 for the q nearest
+        count = int(round(q * len(cents))) if q < 1 else int(q)
+        nearest = np.argsort(dist, axis=1)[:, :count]
+        out = np.zeros_like(dist)
+        np.put_along_axis(out, nearest, 1.0, axis=1)
+        return out
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name, q", [("relu", 0.1), ("onehot", 0.1), ("triangle", 0.1), ("knn", 5), ("knn", 0.25)])
+def test_each_encoder_equals_its_formula(name, q):
+    rng = np.random.default_rng(1)
+    k, d = 20, 12
+    cents = rng.standard_normal((k, d))
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    x = rng.standard_normal((300, d))
+    conv = network.ClusterConv(torch.tensor(cents, dtype=torch.float32).view(k, d, 1, 1), bias=-0.2,
+                               activation=name, q=q)
+    got = conv(torch.tensor(x.T.reshape(1, d, 300, 1), dtype=torch.float32))[0, :, :, 0].T.numpy()
+    np.testing.assert_allclose(got, _reference(name, x, cents, -0.2, q), atol=2e-5)
+
+
+def test_the_triangle_encoder_refuses_raw_patches():
+    with pytest.raises(network.HgmError, match="triangle encoder needs distances between unit vectors"):
+        network.ClusterConv(torch.ones(2, 3, 1, 1), activation="triangle", normalize=False)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def whitened_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("levers")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(300, 3, 12, 12), dtype=np.uint8)
+    y = (x[:, 0, :6].mean(axis=(1, 2)) > x[:, 0, 6:].mean(axis=(1, 2))).astype(np.int64)  # top vs bottom
+    np.savez(d / "img.npz", x_train=x[:250], y_train=y[:250], x_test=x[250:], y_test=y[250:])
+    common = ["--data", d / "img.npz", "--val-size", 50]
+    assert run("cluster", *common, "--whiten", "zca", "--patch-size", 4, "--k", 24, "--patches", 4000,
+               "--out", d / "c.npz").exit_code == 0
+    r = run("train-layer", *common, "--centroids", d / "c.npz", "--activation", "triangle", "--pool", "grid",
+            "--pool-size", 2, "--out-channels", 8, "--epochs", 2, "--flip", "--out", d / "n.pt")
+    assert r.exit_code == 0, r.output
+    assert run("fit-svm", *common, "--model", d / "n.pt", "--flip", "--out", d / "svm.pt").exit_code == 0
+    return d, common
+
+
+def test_an_exported_whitened_model_predicts_what_evaluate_predicts(whitened_run):
+    d, common = whitened_run
+    r = run("evaluate", *common, "--model", d / "n.pt", "--classifier", d / "svm.pt", "--json")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.stdout)
+    assert run("export", "--model", d / "n.pt", "--classifier", d / "svm.pt", "--out", d / "m.pt").exit_code == 0
+    exported = torch.jit.load(str(d / "m.pt"))
+    assert any(m.original_name == "Whiten" for m in exported.children())  # whitening is a conv inside the graph
+    test = np.load(d / "img.npz")
+    with torch.no_grad():
+        pred = exported(torch.from_numpy(test["x_test"])).argmax(1).numpy()
+    confusion = np.zeros((2, 2), dtype=int)
+    np.add.at(confusion, (test["y_test"], pred), 1)
+    assert confusion.tolist() == metrics["confusion"]
+
+
+def test_flip_doubles_what_is_trained_on(whitened_run):
+    from hgmcli import artifacts
+
+    d, _ = whitened_run
+    stats = artifacts.load_meta(d / "n.pt")["stats"]
+    assert stats["history"][-1]["step"] == 2 * -(-400 // 128)  # 2 epochs over 2 x 200 training images
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--whiten-eps", "0"], "Error: config key 'cluster.whiten_eps': must be > 0, got 0.0"),
+    (["--patches", 20], "Error: whitening 48-dimensional patches needs at least 48 sampled patches, got 20"),
+])
+def test_bad_whitening_is_one_line(whitened_run, tmp_path, extra, message):
+    d, common = whitened_run
+    r = run("cluster", *common, "--whiten", "zca", "--patch-size", 4, "--k", 8, *extra, "--out", tmp_path / "c.npz")
+    assert r.exit_code == 1 and r.stderr.strip() == message
+    assert not (tmp_path / "c.npz").exists()
