@@ -13,7 +13,7 @@ What it owns, so that no caller does it differently:
 * the evaluation curve: ``evaluate()`` every ``eval_every`` steps and after
   the last step, with the mean loss and training accuracy since the previous
   evaluation;
-* progress reporting.
+* progress reporting, the curves, and checkpoints a killed run resumes from.
 
 The caller supplies ``batch_loss(indices) -> (loss, correct)``: the loss to
 back-propagate for the examples ``indices`` (a slice of the permutation) and
@@ -23,8 +23,9 @@ device placement, feature decoding and DDP sharding with the caller."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,19 +34,21 @@ from .errors import TrainingError
 from .progress import Progress, no_progress
 
 SYNC_EVERY = 25  # steps between reading the losses back from the device
+CHECKPOINT_SECONDS = 120.0  # longest stretch of training a kill can lose (besides the time to the next evaluation)
 
 
 @dataclass
 class AdamResult:
     steps: int
-    history: list[dict] = field(default_factory=list)  # per evaluation: step, epoch, loss, train_accuracy[, val_accuracy]
+    history: list[dict] = field(default_factory=list)  # per evaluation: step, epoch, loss, train_accuracy,
+    # [val_accuracy,] seconds (since training began)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy)
     final_loss: float | None = None  # exponential moving average of the batch losses (0.98)
     seconds: float = 0.0
 
 
 def train(
-    params: Iterable[torch.nn.Parameter],
+    model: torch.nn.Module,
     batch_loss: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     n: int,
     *,
@@ -58,20 +61,40 @@ def train(
     evaluate: Callable[[], float] | None = None,
     label: str = "adam",
     progress: Progress = no_progress,
+    checkpoint: Checkpoint | None = None,
+    curves: Curves | None = None,
 ) -> AdamResult:
-    """``steps`` Adam steps of ``batch_size`` examples out of ``n`` on ``params``.
+    """``steps`` Adam steps of ``batch_size`` examples out of ``n`` on the
+    trainable parameters of ``model``.
 
     Passes over the data are consecutive slices of ``rng.permutation(n)``; a
     pass's last batch may be smaller. ``evaluate`` (if given) returns a
-    validation accuracy, recorded in ``curve`` and ``history``."""
-    params = [p for p in params if p.requires_grad]
+    validation accuracy, recorded in ``curve`` and ``history``. With a
+    ``checkpoint`` the loop saves its whole state (weights, Adam's moments,
+    the step, the curve so far) at every evaluation and every
+    ``CHECKPOINT_SECONDS``, and starts from a saved state when there is one: a
+    killed run resumes where it stopped and ends with the weights an
+    uninterrupted run gets (bit for bit on the CPU; the permutations are
+    replayed from the seed). ``curves(metric, step, value)`` receives the loss
+    and accuracies as they are recorded (the run folder's curves.csv)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    steps_per_pass = -(-n // batch_size)
     result = AdamResult(0)
     pending: list[torch.Tensor] = []
-    sums = {"loss": 0.0, "weight": 0, "correct": None, "seen": 0}
-    t0 = time.perf_counter()
+    sums = {"loss": 0.0, "weight": 0, "correct": 0, "seen": 0}
+    elapsed = 0.0  # training seconds of earlier, interrupted runs
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        result.steps, result.final_loss = int(state["step"]), state["final_loss"]
+        result.history, result.curve = list(state["history"]), [tuple(c) for c in state["curve"]]
+        sums, elapsed = dict(state["sums"]), float(state["seconds"])
+        progress(f"{label} (resumed)", result.steps, steps)
+    pending_right: list[torch.Tensor] = []  # correct counts, on the device until the next sync
+    t0 = time.perf_counter() - elapsed
+    saved_at = time.perf_counter()
 
     def flush() -> None:
         """Read the pending losses back (one sync); raise at the first non-finite one."""
@@ -82,47 +105,79 @@ def train(
         bad = (~torch.isfinite(values[:, 0])).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise TrainingError(f"{label}: the loss became {values[i, 0].item()} at step {first + i}; lower the learning rate (lr)")
+            raise TrainingError(f"{label}: the loss became {values[i, 0].item()} at step {first + i}; "
+                                "lower the learning rate (lr)")
         pending.clear()
         for v, w in values.tolist():
             result.final_loss = v if result.final_loss is None else 0.98 * result.final_loss + 0.02 * v
             sums["loss"] += v * w
             sums["weight"] += int(w)
+        sums["correct"] += int(torch.stack(pending_right).sum()) if pending_right else 0
+        pending_right.clear()
 
-    while result.steps < steps:
+    def save() -> None:
+        checkpoint.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": result.steps,
+                         "final_loss": result.final_loss, "history": result.history,
+                         "curve": [list(c) for c in result.curve], "sums": dict(sums),
+                         "seconds": time.perf_counter() - t0})
+
+    step = 0  # counts the batches replayed from the seed, up to the resumed step
+    while step < steps:
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
+            step += 1
+            if step <= result.steps:  # done before the checkpoint: replay the permutation only
+                continue
             idx = order[start : start + batch_size]
-            loss, correct = batch_loss(idx)
+            loss, right = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            result.steps += 1
+            result.steps = step
             pending.append(torch.stack([loss.detach().float(), torch.tensor(float(len(idx)), device=loss.device)]))
-            sums["correct"] = correct.detach() if sums["correct"] is None else sums["correct"] + correct.detach()
+            pending_right.append(right.detach())
             sums["seen"] += len(idx)
-            record = result.steps % eval_every == 0 or result.steps == steps
-            if record or result.steps % SYNC_EVERY == 0:
+            record = step % eval_every == 0 or step == steps
+            if record or step % SYNC_EVERY == 0:
                 flush()
                 fields = {"loss": result.final_loss}
                 if record:
                     entry = {
-                        "step": result.steps,
-                        "epoch": -(-result.steps // steps_per_pass),
+                        "step": step,
+                        "epoch": -(-step * batch_size // n),
                         "loss": sums["loss"] / max(sums["weight"], 1),
-                        "train_accuracy": float(sums["correct"]) / max(sums["seen"], 1),
+                        "train_accuracy": sums["correct"] / max(sums["seen"], 1),
                     }
                     if evaluate is not None:
                         entry["val_accuracy"] = evaluate()
-                        result.curve.append((result.steps, entry["val_accuracy"]))
+                        result.curve.append((step, entry["val_accuracy"]))
                         fields["val_acc"] = entry["val_accuracy"]
+                    entry["seconds"] = round(time.perf_counter() - t0, 3)  # since training began: time to accuracy
                     result.history.append(entry)
-                    sums.update(loss=0.0, weight=0, correct=None, seen=0)
-                progress(label, result.steps, steps, **fields)
-            if result.steps >= steps:
+                    if curves is not None:
+                        for metric in ("loss", "train_accuracy", "val_accuracy"):
+                            if metric in entry:
+                                curves(metric, step, entry[metric])
+                    sums.update(loss=0.0, weight=0, correct=0, seen=0)
+                progress(label, step, steps, **fields)
+                if checkpoint is not None and (record or time.perf_counter() - saved_at > CHECKPOINT_SECONDS):
+                    save()
+                    saved_at = time.perf_counter()
+            if step >= steps:
                 break
     result.seconds = round(time.perf_counter() - t0, 3)
     return result
+
+
+class Checkpoint(Protocol):
+    """Where a loop keeps its state between runs (``runner.StageCheckpoint``)."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+
+Curves = Callable[[str, int, float], None]  # (metric, step, value)
 
 
 def correct_count(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -148,6 +148,8 @@ def train_baseline(
     device: torch.device,
     memory_budget: int,
     progress: Progress = no_progress,
+    checkpoint=None,
+    curves=None,
 ) -> tuple[Network, nn.Sequential, list[tuple[int, float]], dict]:
     """Train one of Figure 3's baselines; returns (network, head, curve, stats), both modules on the CPU.
 
@@ -197,8 +199,7 @@ def train_baseline(
             )
             val_batches = vfeats.batches
         stats["features"] = feats.stats()
-    params = [p for p in model.parameters() if p.requires_grad]
-    stats["trained_parameters"] = int(sum(p.numel() for p in params))
+    stats["trained_parameters"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
     model.train()
 
     def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,9 +212,9 @@ def train_baseline(
     if have_val:
         evaluate = lambda: _accuracy(model, val_batches, ds_val.labels, device, cfg.batch_size_features)  # noqa: E731
     run = adam.train(
-        params, batch_loss, len(ds_train), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        model, batch_loss, len(ds_train), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
-        label=f"baseline {arch}+{head}", progress=progress,
+        label=f"baseline {arch}+{head}", progress=progress, checkpoint=checkpoint, curves=curves,
     )
     stats.update(
         iterations=run.steps,

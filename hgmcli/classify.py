@@ -159,7 +159,8 @@ def svm_backend(setting: str, n: int, dim: int, device: torch.device, budget: in
     return "sklearn" if (n * dim * 8 <= budget and device.type == "cpu") else "torch"
 
 
-def fit_svm(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int, progress: Progress = no_progress) -> FitResult:
+def fit_svm(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int, progress: Progress = no_progress,
+            checkpoint=None, curves=None) -> FitResult:
     t0 = time.perf_counter()
     feats, y, n_classes = ex.train, ex.y, ex.n_classes
     dim = int(np.prod(feats.shape))
@@ -181,7 +182,7 @@ def fit_svm(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int, prog
 
 
 def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
-             progress: Progress = no_progress) -> FitResult:
+             progress: Progress = no_progress, checkpoint=None, curves=None) -> FitResult:
     """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.adam_steps steps."""
     feats = ex.train
     dim = int(np.prod(feats.shape))
@@ -196,11 +197,11 @@ def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
 
     evaluate = (lambda: accuracy(head, ex.val, ex.y_val)) if ex.has_val else None
     run = adam.train(
-        head.parameters(), batch_loss, len(feats), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        head, batch_loss, len(feats), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
-        label=f"{cfg.head} classifier", progress=progress,
+        label=f"{cfg.head} classifier", progress=progress, checkpoint=checkpoint, curves=curves,
     )
-    stats = {"iterations": run.steps, "final_loss": run.final_loss, "seconds": run.seconds, "features": dim,
+    stats = {"iterations": run.steps, "final_loss": run.final_loss, "train_seconds": run.seconds, "features": dim,
              "history": run.history}
     return FitResult(head.cpu(), run.curve, stats)
 
@@ -264,7 +265,7 @@ def load_classifier(path) -> tuple[nn.Sequential, dict, dict]:
 
 @dataclass(frozen=True)
 class Head:
-    """A final classifier. ``fit(examples, cfg, *, seed, budget, progress) -> FitResult``; ``hidden``: whether ``cfg.hidden`` layers
+    """A final classifier. ``fit(examples, cfg, *, seed, budget, progress, checkpoint, curves) -> FitResult``; ``hidden``: whether ``cfg.hidden`` layers
     are built (the saved layer widths rebuild it either way)."""
 
     fit: Callable[..., FitResult]

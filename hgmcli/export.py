@@ -20,7 +20,7 @@ from .runner import Produced, StageResult, run_stage
 def export(*, model: str | Path | None, classifier: str | Path, out: str | Path) -> StageResult:
     """The network + classifier as one TorchScript nn.Sequential, runnable without hgm."""
 
-    def body(_dev) -> Produced:
+    def body(_dev, _ckpt) -> Produced:
         head, payload, cmeta = load_classifier(classifier)
         if model is not None:
             net, nmeta = load_network(model)

@@ -194,6 +194,23 @@ def _figures(result: stages.StageResult) -> tuple[str, str, str]:
     return backend, device, figs
 
 
+def time_to_target(stats: dict, before: float, target: float) -> dict:
+    """When the classifier's validation curve first reached ``target``, in
+    seconds from the run's start: the stages before it (``before``, their
+    recorded times when reused), the head's feature pass, then the training
+    time at the first evaluation at or above the target (adam heads: every
+    eval_every steps; an SVM: once, when it is done). None if never."""
+    seconds = None
+    history = stats.get("history") or []
+    setup = float(stats.get("seconds", 0.0)) - float(stats.get("train_seconds", stats.get("seconds", 0.0)))
+    hit = next((h for h in history if (h.get("val_accuracy") or 0.0) >= target), None)
+    if hit is not None and "seconds" in hit:
+        seconds = before + max(setup, 0.0) + float(hit["seconds"])
+    elif not history and any(acc >= target for _, acc in stats.get("curve") or []):
+        seconds = before + float(stats.get("seconds", 0.0))
+    return {"target": target, "seconds": None if seconds is None else round(seconds, 1)}
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     run_dir: str | Path,
@@ -261,7 +278,8 @@ def _run_locked(
         model = net
 
     classifier = run / "classifier.pt"
-    timed("fit-svm", lambda: stages.fit_svm(
+    before_head = sum(r.seconds for r in records)
+    head = timed("fit-svm", lambda: stages.fit_svm(
         data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, cache=cache, **common))
     result_box: dict = {}
 
@@ -276,6 +294,8 @@ def _run_locked(
     timed("evaluate", evaluate)
     metrics = dict(result_box["metrics"])
     metrics["stages"] = [dataclasses.asdict(r) for r in records]
+    if cfg.evaluate.target is not None:
+        metrics["time_to_target"] = time_to_target(head.stats, before_head, cfg.evaluate.target)
     artifacts.save_json(run / "metrics.json", artifacts.to_jsonable(metrics))
     log(f"final {metrics['split']} accuracy {metrics['accuracy']:.4f}")
     return metrics, records

@@ -5,6 +5,8 @@ particular to each stage (its body)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,9 +103,36 @@ def _device_stats(dev) -> dict:
     return out
 
 
+class StageCheckpoint:
+    """The state of a stage's training loop, saved beside its output
+    (``.NAME.ckpt``) and keyed by what makes two runs of the stage the same
+    (config, seed, input hashes): a rerun of the same stage resumes from it,
+    any other run ignores it; removed once the stage's artifact is written."""
+
+    def __init__(self, out: Path, key: dict):
+        self.path = out.with_name(f".{out.name}.ckpt")
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved, _meta = artifacts.load_pt(self.path)
+        except Exception:  # a checkpoint is a cache: an unreadable one is simply not used
+            return None
+        return saved.get("state") if saved.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        artifacts.save_pt(self.path, {"key": self.key, "state": state},
+                          artifacts.make_meta("checkpoint", "checkpoint", {}))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def run_stage(
     stage: str,
-    body: Callable[[Any], Produced],
+    body: Callable[[Any, StageCheckpoint | None], Produced],
     *,
     out: str | Path | None,
     record: dict | None = None,
@@ -116,8 +145,10 @@ def run_stage(
 ) -> StageResult:
     """Run one stage: reuse ``out`` when it is up to date; else guard every
     output path against the inputs, pick the device (joining the torchrun
-    group when ``distributed``), run ``body(device)``, add timing and device
-    stats, build the metadata and save atomically (rank 0 only)."""
+    group when ``distributed``), run ``body(device, checkpoint)``, add timing
+    and device stats, build the metadata and save atomically (rank 0 only).
+    ``checkpoint`` is where the body's training loop keeps its state (None
+    for a stage without an artifact, and under torchrun)."""
     from . import dist
     from .device import resolve_device
 
@@ -131,8 +162,12 @@ def run_stage(
     dev = None
     if device is not None:
         dev = resolve_device(dist.init_from_env(device) if distributed else device)
+    ckpt = None
+    if spec.kind is not None and out is not None and not dist.active():
+        ckpt = StageCheckpoint(Path(out), {"stage": stage, "config": record, "seed": seed,
+                                           "inputs": {r: artifacts.file_hash(q) for r, q in inputs.items() if q}})
     t0 = time.perf_counter()
-    produced = body(dev)
+    produced = body(dev, ckpt)
     stats = {**(_device_stats(dev) if dev is not None else {}), **produced.stats,
              "seconds": round(time.perf_counter() - t0, 3)}
     meta = None
@@ -143,6 +178,8 @@ def run_stage(
     if out is not None:
         if dist.is_main():
             produced.save(Path(out), meta if meta is not None else stats)
+        if ckpt is not None:
+            ckpt.clear()
         outputs = {spec.output: Path(out), **outputs}
     detail = f" ({produced.time_detail})" if produced.time_detail else ""
     summary = [*produced.summary, ("time", f"{stats['seconds']:.1f} s{detail}")]

@@ -51,7 +51,7 @@ def generate(cfg, *, out: str | Path, seed: int = 0, preview: str | Path | None 
              progress: Progress = no_progress, reuse: bool = False) -> StageResult:
     """Sample a dataset from the hierarchical model (§3.1) or the digits (§3.2)."""
 
-    def body(_dev) -> Produced:
+    def body(_dev, _ckpt) -> Produced:
         progress("generate", 0, 1)
         model, arrays, stats = generative.generate(cfg, seed)
         progress("generate", 1, 1)
@@ -79,6 +79,11 @@ def generate(cfg, *, out: str | Path, seed: int = 0, preview: str | Path | None 
 # --------------------------------------------------------------------------- helpers shared by the stages
 
 
+def _curves(curves, stage: str):
+    """``curves(stage, metric, step, value)`` (the run folder's curves.csv) bound to one stage, or None."""
+    return (lambda metric, step, value: curves(stage, metric, step, value)) if curves is not None else None
+
+
 def _maybe_val(data_cfg, seed: int):
     """The validation split, or None when the config asks for none."""
     if data_cfg.val_size == 0:
@@ -97,7 +102,7 @@ def cluster(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
             cache=None) -> StageResult:
     """Sample patches of the network's output (or the raw images) and run cosine k-means."""
 
-    def body(dev) -> Produced:
+    def body(dev, ckpt) -> Produced:
         t0 = time.perf_counter()
         ds = data.load_dataset(data_cfg, "train", seed=seed)
         net, _ = network_for(model, data.normalization(data_cfg, ds) if model is None else None, ds)
@@ -156,10 +161,10 @@ def cluster(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
 
 def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model: str | Path | None = None,
                 seed: int = 0, device: str = "auto", progress: Progress = no_progress, reuse: bool = False,
-                cache=None) -> StageResult:
+                cache=None, curves=None) -> StageResult:
     """Build Conv(centroids)-encoder-Pool, train its 1x1 conv (§4.1/§6), append the block."""
 
-    def body(dev) -> Produced:
+    def body(dev, ckpt) -> Produced:
         cents, whiten, cmeta = load_centroids(centroids)
         ds, ds_val = data.load_dataset(data_cfg, "train", seed=seed), _maybe_val(data_cfg, seed)
         if cfg.flip:
@@ -185,7 +190,8 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
             feats, vfeats = splits[0][1], splits[1][1]
             ex = features.Examples(feats, ds.labels, len(ds.label_names), vfeats,
                                    ds_val.labels if ds_val is not None else None)
-            res = fit(ex, rcfg, seed=seed, device=dev, progress=progress)
+            res = fit(ex, rcfg, seed=seed, device=dev, progress=progress, checkpoint=ckpt,
+                      curves=_curves(curves, "train-layer"))
             proj, tstats = res.proj, {**res.stats, "features": feats.stats()}
         net = net.cpu()
         net.blocks.append(Block(conv.cpu(), rcfg.pool, rcfg.pool_size, proj, whiten=block.whiten.cpu(),
@@ -225,10 +231,10 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
 
 def fit_svm(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, seed: int = 0,
             device: str = "auto", progress: Progress = no_progress, reuse: bool = False,
-            cache=None) -> StageResult:
+            cache=None, curves=None) -> StageResult:
     """Train the final classifier on the network's output (or on raw pixels without --model)."""
 
-    def body(dev) -> Produced:
+    def body(dev, ckpt) -> Produced:
         ds, ds_val = data.load_dataset(data_cfg, "train", seed=seed), _maybe_val(data_cfg, seed)
         net, _ = network_for(model, data.normalization(data_cfg, ds) if model is None else None, ds)
         net.to(dev).eval()
@@ -242,7 +248,8 @@ def fit_svm(data_cfg, cfg, *, out: str | Path, model: str | Path | None = None, 
         rcfg = resolve_classifier(cfg, len(ds), int(np.prod(feats.shape)), dev, budget)
         ex = features.Examples(feats, ds.labels, len(ds.label_names), vfeats,
                                ds_val.labels if ds_val is not None else None)
-        res = classify.HEADS[rcfg.head].fit(ex, rcfg, seed=seed, budget=budget, progress=progress)
+        res = classify.HEADS[rcfg.head].fit(ex, rcfg, seed=seed, budget=budget, progress=progress, checkpoint=ckpt,
+                                            curves=_curves(curves, "fit-svm"))
         train_acc = classify.accuracy(res.head, feats, ds.labels)
         payload = {
             "kind": rcfg.head,
@@ -290,7 +297,7 @@ def evaluate(data_cfg, cfg, *, model: str | Path | None, classifier: str | Path,
     """Accuracy, per-class accuracy, confusion; latent recovery on synthetic data."""
     result: dict = {}
 
-    def body(dev) -> Produced:
+    def body(dev, ckpt) -> Produced:
         head, payload, _ = classify.load_classifier(classifier)
         ds = data.load_dataset(data_cfg, cfg.split, seed=seed)
         net = _classifier_network(payload, classifier, model, ds, data_cfg, seed)
@@ -338,17 +345,18 @@ def evaluate(data_cfg, cfg, *, model: str | Path | None, classifier: str | Path,
 
 
 def baseline(data_cfg, cfg, bcfg, *, out: str | Path, seed: int = 0, device: str = "auto",
-             progress: Progress = no_progress, reuse: bool = False) -> StageResult:
+             progress: Progress = no_progress, reuse: bool = False, curves=None) -> StageResult:
     """The paper's comparison networks (Figure 3), trained end to end (cnn) or
     with frozen random convolutions (cnn-random); one classifier file that
     carries its network. ``cfg``: the classifier section (Adam settings);
     ``bcfg``: the baseline section (arch, head)."""
 
-    def body(dev) -> Produced:
+    def body(dev, ckpt) -> Produced:
         ds, ds_val = data.load_dataset(data_cfg, "train", seed=seed), _maybe_val(data_cfg, seed)
         net, clf, curve, bstats = baselines.train_baseline(
             ds, ds_val, data.normalization(data_cfg, ds), arch=bcfg.arch, head=bcfg.head, cfg=cfg, seed=seed,
-            device=dev, memory_budget=features.memory_budget("auto"), progress=progress,
+            device=dev, memory_budget=features.memory_budget("auto"), progress=progress, checkpoint=ckpt,
+            curves=_curves(curves, "baseline"),
         )
         payload = baselines.baseline_payload(net, clf, bcfg.head, curve, ds.label_names, arch=bcfg.arch)
         how = "conv frozen at random init" if bcfg.arch == "cnn-random" else "trained end to end"

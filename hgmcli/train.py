@@ -57,7 +57,7 @@ class TrainResult:
 
 
 def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.device,
-               progress: Progress = no_progress) -> TrainResult:
+               progress: Progress = no_progress, checkpoint=None, curves=None) -> TrainResult:
     """§6: Conv1x1 (k -> n) + affine head, Adam on cross-entropy; returns the 1x1 weight.
 
     With ``cfg.mode == "jl"`` the 1x1 conv is a fixed Gaussian projection and
@@ -80,7 +80,7 @@ def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.devic
         head.bias.copy_((torch.rand(head.bias.shape, generator=gen) * 2 - 1) * hb)
     proj.to(device)
     head.to(device)
-    net = nn.Sequential(proj, nn.Flatten(), head)
+    net = plain = nn.Sequential(proj, nn.Flatten(), head)
     if dist.active():  # DDP wraps only the layer being trained (and its temporary head)
         from torch.nn.parallel import DistributedDataParallel
 
@@ -107,9 +107,9 @@ def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.devic
     if ex.has_val:
         evaluate = lambda: evaluate_head(ex.val, ex.y_val, proj, head, device, cfg.batch_size)  # noqa: E731
     run = adam.train(
-        [*proj.parameters(), *head.parameters()], batch_loss, len(feats), steps=total, batch_size=cfg.batch_size,
-        lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed, eval_every=steps_per_epoch, evaluate=evaluate,
-        label=f"1x1 conv ({cfg.mode})", progress=progress,
+        plain, batch_loss, len(feats), steps=total, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, seed=seed, eval_every=steps_per_epoch, evaluate=evaluate,
+        label=f"1x1 conv ({cfg.mode})", progress=progress, checkpoint=checkpoint, curves=curves,
     )
     stats = {
         "mode": cfg.mode,
@@ -160,7 +160,7 @@ def tlgd_gradient(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor) -> torch.Te
 
 
 def train_tlgd(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.device,
-               progress: Progress = no_progress) -> TrainResult:
+               progress: Progress = no_progress, checkpoint=None, curves=None) -> TrainResult:
     """TLGD(S, T, eta, n, sigma) of §4.1 on the sample (the population loss
     replaced by its empirical mean). Returns K_T transposed as the (n, k)
     weight of the 1x1 conv.
@@ -218,8 +218,9 @@ def train_tlgd(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.devic
 @dataclass(frozen=True)
 class TrainMode:
     """How a block's 1x1 conv is made. ``fit(examples, cfg, *, seed, device,
-    progress) -> TrainResult``; None: the block keeps the encoder's k channels
-    (no 1x1 conv)."""
+    progress, checkpoint, curves) -> TrainResult`` (a long loop saves its state
+    to ``checkpoint``, see ``adam.train``); None: the block keeps the encoder's
+    k channels (no 1x1 conv)."""
 
     fit: Callable[..., TrainResult] | None
     help: str  # one line, shown by `hgm train-layer --help`

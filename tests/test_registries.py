@@ -31,7 +31,7 @@ def test_registries_are_the_configs_choices():
 def test_a_new_training_mode_is_one_entry(monkeypatch, tiny):
     d, data = tiny
 
-    def zeros(ex, cfg, *, seed, device, progress):  # a 1x1 conv that maps everything to 0
+    def zeros(ex, cfg, *, seed, device, **_):  # a 1x1 conv that maps everything to 0 (no loop to checkpoint)
         return train.TrainResult(torch.zeros(cfg.out_channels, ex.train.shape[0]), {"mode": cfg.mode})
 
     monkeypatch.setitem(train.TRAIN_MODES, "zeros", train.TrainMode(zeros, "all-zero 1x1 conv"))
@@ -73,7 +73,7 @@ def test_a_new_encoder_is_one_entry(monkeypatch, tiny):
 def test_a_new_head_is_one_entry(monkeypatch, tiny):
     _, data = tiny
 
-    def class_means(ex, cfg, *, seed, budget, progress):  # nearest class mean as a linear layer
+    def class_means(ex, cfg, *, seed, budget, **_):  # nearest class mean as a linear layer
         x = classify.dense_features(ex.train)
         means = torch.stack([x[torch.from_numpy(ex.y == c)].mean(0) for c in range(ex.n_classes)])
         head = classify.build_head("means", x.shape[1], ex.n_classes, [])
