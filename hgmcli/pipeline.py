@@ -72,6 +72,56 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+class Curves:
+    """RUN/curves.csv: ``stage,step,metric,value``, one line per recorded loss or
+    accuracy of any stage, appended (and flushed) as training goes, so
+    ``tail -f`` follows a run; the same scalars as TensorBoard events in
+    RUN/tensorboard/ when tensorboard is installed. Like the run log, a record:
+    it never stops a run."""
+
+    def __init__(self, path: Path, warn: Callable[[str], None] = _stderr):
+        self.path, self.warn, self.broken = path, warn, False
+        fresh = not path.exists() or path.stat().st_size == 0
+        self._append("stage,step,metric,value\n" if fresh else "")
+        self.board = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (an extra)
+
+            self.board = SummaryWriter(str(path.parent / "tensorboard"))
+        except Exception:  # ImportError without tensorboard, or a broken install: the CSV is enough
+            pass
+
+    def _append(self, text: str) -> None:
+        if self.broken or not text:
+            return
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            self.broken = True
+            self.warn(f"warning: cannot append to {self.path} ({e.strerror or e}); going on without curves")
+
+    def __call__(self, stage: str, metric: str, step: int, value: float | None) -> None:
+        if value is None:
+            return
+        self._append(f"{stage},{int(step)},{metric},{float(value):.6g}\n")
+        if self.board is not None:
+            self.board.add_scalar(f"{stage}/{metric}", float(value), int(step))
+
+    def from_stats(self, stage: str, stats: dict) -> None:
+        """The curves a finished stage keeps in its stats: k-means' objective per
+        Lloyd iteration, TLGD's loss; an Adam loop's history was written live."""
+        for i, v in enumerate(stats.get("objective") or []):
+            self(stage, "objective", i, v)
+        if stats.get("mode") == "gd-linear":
+            for i, v in enumerate(stats.get("loss") or []):
+                self(stage, "tlgd_loss", i, v)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
 class RunLog:
     """Appends timestamped lines to RUN/run.log (and forwards them to ``echo``).
 
@@ -194,6 +244,17 @@ def _figures(result: stages.StageResult) -> tuple[str, str, str]:
     return backend, device, figs
 
 
+def picture_centroids(cents: Path, title: str, *, first_layer: bool) -> None:
+    """layer<i>/centroids.png beside the centroids (skipped when it is newer than them)."""
+    from .plots import write_centroids_plot
+
+    png = cents.with_suffix(".png")
+    if png.exists() and png.stat().st_mtime >= cents.stat().st_mtime:
+        return
+    arrays, _ = artifacts.load_npz(cents, "centroids")
+    write_centroids_plot(png, arrays, title, first_layer=first_layer)
+
+
 def time_to_target(stats: dict, before: float, target: float) -> dict:
     """When the classifier's validation curve first reached ``target``, in
     seconds from the run's start: the stages before it (``before``, their
@@ -244,11 +305,14 @@ def _run_locked(
     records: list[StageRecord] = []
     common = dict(seed=cfg.seed, progress=progress)
     cache = FeatureCache()  # network outputs handed from one stage to the next
+    curves = Curves(run / "curves.csv")
 
     def record(name: str, result: stages.StageResult, seconds: float) -> None:
         backend, device, figs = _figures(result)
         if result.skipped:
             seconds = float(result.stats.get("seconds", 0.0))
+        else:
+            curves.from_stats(name, result.stats)
         records.append(StageRecord(name, seconds, result.skipped, backend, device, figs))
         log(f"{name}: {'reused' if result.skipped else 'done'} in {seconds:.1f} s  {figs}")
 
@@ -262,7 +326,8 @@ def _run_locked(
     data_cfg = cfg.data
     if cfg.generate is not None:
         data_path = run / "data.npz"
-        timed("generate", lambda: stages.generate(cfg.generate, out=data_path, seed=cfg.seed, reuse=reuse, progress=progress))
+        timed("generate", lambda: stages.generate(cfg.generate, out=data_path, seed=cfg.seed, reuse=reuse,
+                                                  preview=run / "data.png" if cfg.plots else None, progress=progress))
         data_cfg = dataclasses.replace(cfg.data, root=str(data_path))
 
     model: Path | None = None
@@ -272,15 +337,18 @@ def _run_locked(
         prev = model
         timed(f"cluster {i}", lambda: stages.cluster(
             data_cfg, layer.cluster, out=cents, model=prev, device=cfg.device, reuse=reuse, cache=cache, **common))
+        if cfg.plots:
+            picture_centroids(cents, f"layer {i}", first_layer=i == 1)
         timed(f"train-layer {i}", lambda: stages.train_layer(
             data_cfg, layer.train, centroids=cents, out=net, model=prev, device=cfg.device, reuse=reuse, cache=cache,
-            **common))
+            curves=lambda stage, m, step, v, i=i: curves(f"train-layer {i}", m, step, v), **common))
         model = net
 
     classifier = run / "classifier.pt"
     before_head = sum(r.seconds for r in records)
     head = timed("fit-svm", lambda: stages.fit_svm(
-        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, cache=cache, **common))
+        data_cfg, cfg.classifier, out=classifier, model=model, device=cfg.device, reuse=reuse, cache=cache,
+        curves=curves, **common))
     result_box: dict = {}
 
     def evaluate() -> stages.StageResult:
@@ -296,6 +364,7 @@ def _run_locked(
     metrics["stages"] = [dataclasses.asdict(r) for r in records]
     if cfg.evaluate.target is not None:
         metrics["time_to_target"] = time_to_target(head.stats, before_head, cfg.evaluate.target)
+    curves.close()
     artifacts.save_json(run / "metrics.json", artifacts.to_jsonable(metrics))
     log(f"final {metrics['split']} accuracy {metrics['accuracy']:.4f}")
     return metrics, records

@@ -298,7 +298,7 @@ def evaluate(data_cfg, cfg, *, model: str | Path | None, classifier: str | Path,
     result: dict = {}
 
     def body(dev, ckpt) -> Produced:
-        head, payload, _ = classify.load_classifier(classifier)
+        head, payload, cmeta = classify.load_classifier(classifier)
         ds = data.load_dataset(data_cfg, cfg.split, seed=seed)
         net = _classifier_network(payload, classifier, model, ds, data_cfg, seed)
         if list(net.output_shape()) != list(payload["input_shape"]):
@@ -319,6 +319,8 @@ def evaluate(data_cfg, cfg, *, model: str | Path | None, classifier: str | Path,
                                                ds.meta["model"], dev, seed=seed)
             result.update(latent_recovery=rec, separation=sep)
         result["curve"] = payload.get("curve", [])
+        trained = cmeta.get("stats", {})  # how the classifier trained: its running train accuracy and curve
+        result.update(train_accuracy=trained.get("train_accuracy"), history=trained.get("history", []))
         summary = [("split", f"{cfg.split} ({result['n']} images)"), ("accuracy", f"{result['accuracy']:.4f}")]
         for e in result.get("latent_recovery", []):
             ari = "-" if e["ari"] is None else f"{e['ari']:.4f}"
