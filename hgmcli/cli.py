@@ -613,17 +613,25 @@ def export_cmd(
     given: Given,
     classifier: Annotated[Path, opt("--classifier", help="Classifier .pt trained on that network.", default="required")],
     model: Annotated[Optional[Path], opt("--model", "-m", help="Network .pt.", default="the one a baseline carries")] = None,
-    out: Annotated[Path, opt("--out", "-o", help="Output TorchScript file.", default="model.pt")] = Path("model.pt"),
+    out: Annotated[Path, opt("--out", "-o", help="Output file (its metadata goes to <out>.json beside it).",
+                             default="model.pt")] = Path("model.pt"),
+    format: Annotated[str, opt("--format", "-f", help="torchscript: torch.jit.load; exported: torch.export.load; "
+                               "onnx: onnxruntime (pip install 'hgmcli[onnx]').", default="torchscript",
+                               choices=("torchscript", "exported", "onnx"))] = "torchscript",
 ) -> None:
-    """Export network + classifier as one plain TorchScript nn.Sequential (load with torch.jit.load, no hgm needed).
+    """Export network + classifier as one plain nn.Sequential, preprocessing inside, runnable without hgm.
 
     Examples:
 
       hgm export --model net.pt --classifier svm.pt --out model.pt
 
+      hgm export --model net.pt --classifier svm.pt --format exported --out model.pt2
+
+      hgm export --model net.pt --classifier svm.pt --format onnx --out model.onnx
+
       python -c "import torch; m = torch.jit.load('model.pt'); print(m(torch.zeros(1, 3, 32, 32)).argmax(1))"
     """
-    _finish(stages.export(model=model, classifier=classifier, out=out), given.json)
+    _finish(stages.export(model=model, classifier=classifier, out=out, format=format), given.json)
 
 
 # --------------------------------------------------------------------------- baseline
