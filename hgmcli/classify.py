@@ -32,7 +32,7 @@ from torch import nn
 
 from . import adam
 from .errors import HgmError
-from .features import Examples, FrozenFeatures
+from .features import Examples, FrozenFeatures, check_fits
 from .progress import Progress, no_progress
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int], *,
     is never used."""
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
     dims = [in_dim] + (list(hidden) if HEADS[kind].hidden else []) + [n_classes]
+    weights = sum(a * b for a, b in zip(dims, dims[1:]))
+    check_fits(4 * 4 * weights, f"a {kind} head with layers {dims}")  # weights, gradients, Adam's two moments
     mods: list[nn.Module] = [nn.Flatten()]
     for i in range(len(dims) - 1):
         lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])  # no draw from the global RNG
@@ -254,7 +256,9 @@ def load_classifier(path) -> tuple[nn.Sequential, dict, dict]:
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"{path} is not a valid classifier file (missing {e})") from None
     if not isinstance(names, list) or len(names) != payload["dims"][-1] or len(set(map(str, names))) != len(names):
-        raise ArtifactError(f"{path}: {len(names)} distinct label names are needed for {payload['dims'][-1]} outputs")
+        n_out = payload["dims"][-1]
+        raise ArtifactError(f"{path}: the classifier has {n_out} outputs but {len(names)} label names "
+                            f"({len(set(map(str, names)))} distinct)")
     if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
         raise ArtifactError(f"{path}: invalid input shape {shape!r}")
     return head, payload, meta

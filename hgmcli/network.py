@@ -473,16 +473,61 @@ def network_payload(net: Network) -> dict:
     }
 
 
+def _tensor(spec: dict, key: str, ndim: int, where: str, *, optional: bool = False) -> torch.Tensor | None:
+    t = spec.get(key)
+    if t is None and optional:
+        return None
+    if not isinstance(t, torch.Tensor) or t.ndim != ndim or t.numel() == 0 or not torch.isfinite(t).all():
+        raise ValueError(f"{where}: {key} must be a finite {ndim}-D tensor")
+    return t
+
+
+def check_block_spec(spec: Any, where: str) -> None:
+    """Refuse a block spec (as a network file holds it) that would not rebuild a
+    working block: every field's type, range and shape, before any module is built."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: not a block ({type(spec).__name__})")
+    if spec.get("kind", "cluster") not in ("cluster", "conv"):
+        raise ValueError(f"{where}: not a block (kind {spec.get('kind')!r})")
+    if spec.get("kind") == "conv":
+        w = _tensor(spec, "weight", 4, where)
+        if _tensor(spec, "bias", 1, where).shape != (w.shape[0],):
+            raise ValueError(f"{where}: conv bias does not match its weight")
+        ints = {"pool_size": 1, "pool_stride": 1}
+    else:
+        c = _tensor(spec, "centroids", 4, where)
+        proj = _tensor(spec, "proj", 2, where, optional=True)
+        if proj is not None and proj.shape[1] != c.shape[0]:
+            raise ValueError(f"{where}: the 1x1 conv reads {proj.shape[1]} channels, the cluster conv makes {c.shape[0]}")
+        if spec.get("activation") not in ENCODERS or spec.get("pool") not in POOLS:
+            raise ValueError(f"{where}: unknown encoder {spec.get('activation')!r} or pool {spec.get('pool')!r}")
+        ints = {"stride": 1, "padding": 0, "pool_size": 1}
+        w = spec.get("whiten")
+        if w is not None and (not isinstance(w, dict) or _tensor(w, "weight", 4, where).shape[0] != c.shape[1]):
+            raise ValueError(f"{where}: the whitening does not match the centroids")
+    for key, low in ints.items():
+        if not isinstance(spec.get(key), int) or isinstance(spec.get(key), bool) or spec[key] < low:
+            raise ValueError(f"{where}: {key} must be an integer >= {low}, got {spec.get(key)!r}")
+
+
 def network_from_payload(payload: dict, path: str | Path = "network") -> Network:
+    """Rebuild a network from its file's payload, every field checked (a
+    tampered or foreign file is one ``ArtifactError``, never a traceback)."""
     try:
         pre = payload["preprocess"]
-        return Network(
-            Preprocess(pre["scale"], pre["mean"], pre["std"]),
-            [block_from_spec(s) for s in payload["blocks"]],
-            payload["input_shape"],
-        )
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ArtifactError(f"{path} is not a valid network file ({type(e).__name__}: {e})") from None
+        blocks = payload["blocks"]
+        if not isinstance(blocks, list):
+            raise ValueError("blocks must be a list")
+        for i, spec in enumerate(blocks):
+            check_block_spec(spec, f"block {i + 1}")
+        shape = payload["input_shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise ValueError(f"input_shape must be [C, H, W], got {shape!r}")
+        net = Network(Preprocess(pre["scale"], pre["mean"], pre["std"]), [block_from_spec(s) for s in blocks], shape)
+        net.output_shape()  # the blocks must chain: each reads what the one before makes
+        return net
+    except (KeyError, TypeError, ValueError, RuntimeError, HgmError) as e:
+        raise ArtifactError(f"{path} is not a valid network file ({e})") from None
 
 
 def save_network(path: str | Path, net: Network, meta: dict, block_info: list[dict]) -> Path:

@@ -36,7 +36,7 @@ from torch import nn
 
 from . import adam, dist
 from .errors import TrainingError
-from .features import Examples, FrozenFeatures
+from .features import Examples, FrozenFeatures, check_fits
 from .network import uniform_sphere_rows
 from .progress import Progress, no_progress
 
@@ -65,6 +65,7 @@ def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.devic
     feats = ex.train
     k, h, w = feats.shape
     n = cfg.out_channels
+    check_fits(4 * 4 * n * (k + h * w * ex.n_classes), f"a 1x1 conv of {n} channels and its head")  # + grads, Adam
     gen = torch.Generator().manual_seed(seed)
     proj = torch.nn.utils.skip_init(nn.Conv2d, k, n, kernel_size=1, bias=False)  # init below, from gen
     with torch.no_grad():
