@@ -152,6 +152,40 @@ def dense_features(feats: FrozenFeatures) -> torch.Tensor:
     return out
 
 
+def feature_moments(feats: FrozenFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, scale) of every feature over the split, for standardisation:
+    scale = sqrt(var + 0.01 * mean(var)), the regulariser keeping near-constant
+    features (a triangle code is often 0) from being blown up. Streamed, float64."""
+    total = sq = None
+    for _, x in feats.batches(np.arange(len(feats)), 1024):
+        x = x.flatten(1).double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x * x).sum(0) if sq is None else sq + (x * x).sum(0)
+    mean = total / len(feats)
+    var = (sq / len(feats) - mean * mean).clamp_min(0)
+    return mean.float(), torch.sqrt(var + 0.01 * var.mean()).float()
+
+
+def fold_standardization(linear: nn.Linear, mean: torch.Tensor, scale: torch.Tensor) -> None:
+    """``linear((x - mean) / scale)`` as one linear layer of x: W / scale, b - W (mean / scale)."""
+    with torch.no_grad():
+        w = linear.weight / scale.to(linear.weight.device)
+        linear.bias -= w @ mean.to(w.device)
+        linear.weight.copy_(w)
+
+
+class _Standardized(nn.Module):
+    """(x - mean) / scale on flattened features, while a head trains (then folded away)."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
 def svm_backend(setting: str, n: int, dim: int, device: torch.device, budget: int) -> str:
     """``auto``: scikit-learn's liblinear when the features fit ``budget`` as
     float64 (liblinear works in float64) and we are on the CPU, else our torch
@@ -168,11 +202,16 @@ def fit_svm(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int, prog
     dim = int(np.prod(feats.shape))
     backend = svm_backend(cfg.svm_backend, len(feats), dim, feats.device, budget)
     x = dense_features(feats)
+    if cfg.standardize:
+        mean, scale = feature_moments(feats)
+        x.sub_(mean.to(x.device)).div_(scale.to(x.device))
     if backend == "sklearn":
         coef, intercept, st = fit_svm_sklearn(x.cpu().numpy(), y, cfg.C, seed=seed)
     else:
         coef, intercept, st = fit_svm_torch(x, y, n_classes, cfg.C)
     head = svm_head(coef.cpu(), intercept.cpu(), n_classes)
+    if cfg.standardize:
+        fold_standardization(head[1], mean, scale)
     curve = []
     if ex.has_val:
         curve = [(0, accuracy(head, ex.val, ex.y_val))]
@@ -189,6 +228,8 @@ def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
     feats = ex.train
     dim = int(np.prod(feats.shape))
     head = build_head(cfg.head, dim, ex.n_classes, cfg.hidden, gen=torch.Generator().manual_seed(seed)).to(feats.device)
+    if cfg.standardize:  # trained on standardised features; folded into the first layer afterwards
+        head.insert(1, _Standardized(*feature_moments(feats)).to(feats.device))
     y_t = torch.as_tensor(ex.y, dtype=torch.long)
 
     def batch_loss(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +246,10 @@ def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
     )
     stats = {"iterations": run.steps, "final_loss": run.final_loss, "train_seconds": run.seconds, "features": dim,
              "history": run.history}
+    if cfg.standardize:
+        std = head[1]
+        del head[1]
+        fold_standardization(head[1], std.mean, std.scale)
     return FitResult(head.cpu(), run.curve, stats)
 
 

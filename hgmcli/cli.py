@@ -241,6 +241,7 @@ CLASSIFIER_HELP = {
     **ADAM_HELP,
     "weight_decay": "Adam weight decay.",
     "flip": "Also train on the mirror images (2x the data).",
+    "standardize": "Standardise each feature on the training split first (folded into the head).",
 }
 BASELINE_HELP = {"arch": "Figure 3's comparison network.", "head": "fc (384-192 ReLU) or linear."}
 EVALUATE_HELP = {"split": "Which split to score."}  # evaluate.target is the pipeline's (config only)

@@ -217,6 +217,8 @@ class ClassifierConfig:
     hidden: list[Count] = field(default_factory=lambda: [384, 192])  # fc hidden widths
     batch_size_features: Count = 256  # images per batch through the network
     flip: bool = False  # train on the training images and their mirror images (2x the data)
+    standardize: bool = False  # train on features scaled to zero mean and unit variance (training split's),
+    # folded into the first linear layer afterwards (the exported head is unchanged in form); Coates et al. do
 
 
 @dataclass

@@ -156,3 +156,28 @@ def test_bad_whitening_is_one_line(whitened_run, tmp_path, extra, message):
     r = run("cluster", *common, "--whiten", "zca", "--patch-size", 4, "--k", 8, *extra, "--out", tmp_path / "c.npz")
     assert r.exit_code == 1 and r.stderr.strip() == message
     assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("head", ["svm", "fc"])
+def test_standardised_heads_fold_into_a_plain_head(whitened_run, head, tmp_path):
+    """classifier.standardize trains on (x - mean) / scale and folds it into the first layer: the saved head
+    is the usual Flatten + Linear..., and predicts on raw features what the standardised one predicted."""
+    from hgmcli import classify
+    from hgmcli.classify import feature_moments, fold_standardization
+    from hgmcli.features import FrozenFeatures
+
+    x = torch.randn(50, 4, 2, 2) * torch.tensor([1.0, 10.0, 0.1, 3.0]).view(1, 4, 1, 1) + 5
+    f = FrozenFeatures(lambda t: t, x.numpy(), device=torch.device("cpu"), batch_size=16, budget=1 << 24)
+    mean, scale = feature_moments(f)
+    lin = torch.nn.Linear(16, 3)
+    z = (x.flatten(1) - mean) / scale
+    want = lin(z)
+    fold_standardization(lin, mean, scale)
+    torch.testing.assert_close(lin(x.flatten(1)), want, atol=1e-4, rtol=1e-4)
+    d, common = whitened_run
+    extra = ["--adam-steps", 20, "--eval-every", 10] if head == "fc" else []
+    r = run("fit-svm", *common, "--model", d / "n.pt", "--head", head, "--standardize", *extra,
+            "--out", tmp_path / "h.pt")
+    assert r.exit_code == 0, r.output
+    h, payload, _ = classify.load_classifier(tmp_path / "h.pt")
+    assert [type(m).__name__ for m in h][:2] == ["Flatten", "Linear"]
