@@ -305,7 +305,7 @@ def _total_memory() -> int | None:
 def _auto() -> dict:
     """What ``--device auto``, k-means ``backend: auto`` and ``svm_backend: auto``
     resolve to here — by calling the functions the stages call."""
-    from .classify import svm_backend
+    from .classify import SKLEARN_MAX_ENTRIES, svm_backend
     from .device import resolve_device
     from .features import CACHE_SHARE, memory_budget
     from .kmeans import available_backends, faiss_has_gpu, pick_backend
@@ -320,14 +320,14 @@ def _auto() -> dict:
         why = "the device is CUDA and FAISS is a CPU-only build; torch k-means on the GPU"
     else:
         why = f"torch k-means on {dev.type}"
-    # classify.svm_backend: LinearSVC when the (n, dim) float64 features fit the
-    # stage's memory budget and sit on the CPU; the torch L-BFGS solver otherwise.
+    # classify.svm_backend: LinearSVC for small (n, dim) float64 features that fit the
+    # stage's memory budget on the CPU; the torch L-BFGS solver otherwise.
     # One tiny feature set shows which side of that rule this device is on.
     budget = memory_budget("auto")
     svm = svm_backend("auto", 1, 1, dev, budget)
     if svm == "sklearn":
-        svm_why = (f"sklearn (LinearSVC) while the features fit in {budget / GiB:.1f} GiB as float64 "
-                   f"({CACHE_SHARE:.0%} of available RAM), else torch (L-BFGS)")
+        svm_why = (f"sklearn (LinearSVC) up to {SKLEARN_MAX_ENTRIES:,} feature values (examples x features) that "
+                   f"fit in {budget / GiB:.1f} GiB as float64 ({CACHE_SHARE:.0%} of available RAM), else torch (L-BFGS)")
     else:
         svm_why = f"torch (L-BFGS on {dev.type}): the features are on the GPU"
     return {"device": str(dev), "kmeans": kmeans, "kmeans_why": why, "svm": svm, "svm_why": svm_why,
