@@ -50,7 +50,7 @@ measured them.
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,7 +82,7 @@ SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
 # Per chunk the torch search holds a (chunk, k) float32 similarity block: 16 MB on the
 # CPU keeps it in cache and the working memory far below the points' own size; 256 MB
 # on a GPU keeps its kernels long.
-_CHUNK_FLOATS = {"cpu": 1 << 22, "cuda": 1 << 26}
+_CHUNK_FLOATS = {"cpu": 1 << 21, "cuda": 1 << 26}
 _FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
 # matrix-vector product and the running-min/sum updates.
@@ -168,6 +168,7 @@ class Points:
 
     x: (n, d) float32 tensor, rows of unit L2 norm or zero, in host memory (or
     already on ``device``). Every array a pass returns lives on ``self.device``.
+    ``subset`` views some of the rows without copying them.
     """
 
     def __init__(self, x: torch.Tensor, device: torch.device, chunk_size: int, stream: bool | None = None):
@@ -175,6 +176,7 @@ class Points:
         self.device = device
         self.chunk = chunk_size
         self.streamed = False
+        self.index: torch.Tensor | None = None  # (m,) int64 rows of x on x.device, when a subset
         self._nonzero: torch.Tensor | None = None
 
     # -- what a backend overrides
@@ -206,21 +208,34 @@ class Points:
     # -- shared
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if self.index is None else len(self.index)
 
     @property
     def d(self) -> int:
         return self.x.shape[1]
 
+    def subset(self, index: torch.Tensor, chunk_size: int) -> Points:
+        """The same backend over rows ``index`` ((m,) int64, sorted) of these points, sharing their memory."""
+        other = copy.copy(self)
+        index = index.to(self.x.device)
+        other.index = index if self.index is None else self.index[index]
+        other.chunk, other._nonzero = chunk_size, None
+        return other
+
+    def _host_rows(self, start: int, end: int) -> torch.Tensor:
+        """Rows start:end, where x lives (a view, or a gathered copy for a subset)."""
+        return self.x[start:end] if self.index is None else self.x[self.index[start:end]]
+
     def chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, rows start:start+m on ``self.device``); a chunk is valid until the next one."""
         size = size or self.chunk
-        for start in range(0, len(self.x), size):
-            yield start, self.x[start : start + size]
+        for start in range(0, len(self), size):
+            yield start, self._host_rows(start, start + size).to(self.device)
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` ((m,) int64, local) on ``self.device``: (m, d)."""
-        return self.x[idx.to(self.x.device)].to(self.device)
+        idx = idx.to(self.x.device)
+        return self.x[idx if self.index is None else self.index[idx]].to(self.device)
 
     def nonzero(self) -> torch.Tensor:
         """(n,) bool: rows that are not all zero (zero rows have no direction)."""
@@ -295,7 +310,7 @@ class TorchPoints(Points):
             yield from super().chunks(size)
             return
         size = size or self.chunk
-        n, d = self.x.shape
+        n, d = len(self), self.d
         cuda = self.device.type == "cuda"
         host = [torch.empty(min(size, n), d, pin_memory=cuda) for _ in range(2)]  # staging, pinned on CUDA
         buf = [torch.empty(min(size, n), d, device=self.device) for _ in range(2)]
@@ -310,7 +325,10 @@ class TorchPoints(Points):
             m = min(size, n - start)
             if cuda:
                 copied[slot].synchronize()  # host[slot]'s previous copy has left it (unrecorded: no-op)
-            host[slot][:m].copy_(self.x[start : start + m])
+            if self.index is None:
+                host[slot][:m].copy_(self.x[start : start + m])
+            else:
+                torch.index_select(self.x, 0, self.index[start : start + m], out=host[slot][:m])
             if cuda:
                 with torch.cuda.stream(copier):
                     copier.wait_event(freed[slot])  # the compute on buf[slot]'s previous chunk is done
@@ -390,9 +408,11 @@ class FaissPoints(Points):
         return search
 
 
-# Registry order is "auto"'s preference: FAISS's search is ~10 % faster than torch's
-# matmul + max on the CPU (measured at 2M x 27, k = 1024).
-KMEANS_BACKENDS: dict[str, type[Points]] = {"faiss": FaissPoints, "torch": TorchPoints}
+# Registry order is "auto"'s preference. torch first: on the 2-core box its matmul + max
+# in 8 MB blocks costs 1.6 ns of CPU time per (point, centroid) pair against 2.9-4.2 ns
+# for FAISS's IndexFlatIP (300k x 27, k = 256 to 512, OMP_WAIT_POLICY=PASSIVE), and FAISS
+# brings a second OpenMP runtime and OpenBLAS whose threads fight torch's for 2 cores.
+KMEANS_BACKENDS: dict[str, type[Points]] = {"torch": TorchPoints, "faiss": FaissPoints}
 BACKENDS = ("auto", *KMEANS_BACKENDS)  # the choices of ClusterConfig.backend
 
 
@@ -414,9 +434,8 @@ def _choices(names) -> str:
 
 
 def pick_backend(backend: str, device: torch.device) -> str:
-    """``auto``: the first registered backend whose ``auto(device)`` holds (faiss
-    when importable and it can run on ``device``, and not under
-    torch.distributed; else torch). A named one must pass its ``check``."""
+    """``auto``: the first registered backend whose ``auto(device)`` holds (torch,
+    which runs everywhere). A named one must pass its ``check``."""
     if backend != "auto" and backend not in KMEANS_BACKENDS:
         raise ConfigError(f"unknown k-means backend {backend!r}; expected {_choices(['auto', *KMEANS_BACKENDS])}")
     if backend == "auto":
@@ -474,8 +493,8 @@ def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor
     if xt.dtype != torch.float32 or not xt.is_contiguous():
         xt = xt.to(torch.float32).contiguous()
     finite, unit = True, True
-    for start in range(0, len(xt), 1 << 16):
-        block = xt[start : start + (1 << 16)]
+    for start in range(0, len(xt), 1 << 14):  # 1.7 MB blocks at d = 27
+        block = xt[start : start + (1 << 14)]
         if not bool(torch.isfinite(block).all()):
             finite = False
             break
@@ -498,17 +517,31 @@ def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor
     return xt, sum(sizes[: comm.rank]), n_total
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Small sequential work (the greedy k-means++ on the k-means|| candidates: k steps of
+    ~15 ops on C·trials floats) on one CPU thread: with two, every op ends at a barrier
+    that costs a scheduler time slice when the machine is busy (measured: 100 s instead
+    of ~1 s for k = 1024, 10k candidates, on the shared 2-core box at load 10)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
     """Global start of every rank's shard, and the total number of points."""
     sizes = comm.all_gather(torch.tensor([n_local], device=device)).flatten().cpu().tolist()
     return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
 
 
-def _subsample(x: torch.Tensor, offset: int, n_total: int, m: int, generator: torch.Generator) -> torch.Tensor:
-    """This rank's rows of a uniform sample (without replacement, seeded, the same
-    on every rank) of m of the n_total points: a copy, (m_local, d), in order."""
+def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
+    (without replacement, seeded, the same on every rank) of m of the n_total points."""
     keep = torch.sort(torch.randperm(n_total, generator=generator)[:m]).values  # global, sorted
-    return x[keep[(keep >= offset) & (keep < offset + len(x))] - offset]
+    return keep[(keep >= offset) & (keep < offset + n_local)] - offset
 
 
 def _gather_rows(points: Points, offset: int, idx: torch.Tensor, comm: _Comm) -> torch.Tensor:
@@ -725,7 +758,8 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
         cand_idx = torch.cat([cand_idx, extra])
         weights = torch.cat([weights, weights.new_zeros(len(extra))])
     cpoints = TorchPoints(cands, cands.device, len(cands))
-    chosen, centers = _kmeanspp(cpoints, k, generator, _Comm(local=True), [0], progress, trials, weights=weights)
+    with _one_thread():
+        chosen, centers = _kmeanspp(cpoints, k, generator, _Comm(local=True), [0], progress, trials, weights=weights)
     return cand_idx[chosen], centers, {"seed_trials": trials, "seed_rounds": r, "seed_candidates": len(cand_idx)}
 
 
@@ -933,7 +967,7 @@ def spherical_kmeans(
     subsampled_to = None
     if max_points_per_centroid is not None and n_input > k * max_points_per_centroid:
         subsampled_to = k * max_points_per_centroid
-        xt = _subsample(xt, offset, n_input, subsampled_to, gen)
+        xt = xt[_sample(offset, len(xt), n_input, subsampled_to, gen)]  # a copy: Lloyd reads it every pass
     offsets, n_total = _offsets(len(xt), comm, comm_dev)
     offset = offsets[comm.rank]
     init_used = pick_init(init, n_total, k)
@@ -946,9 +980,9 @@ def spherical_kmeans(
         seed_points, seed_offsets, n_seed = points, offsets, n_total
         if per_centroid is not None and n_total > k * per_centroid:
             n_seed = k * per_centroid
-            sample = _subsample(xt, offset, n_total, n_seed, gen)
+            sample = _sample(offset, len(xt), n_total, n_seed, gen)  # a view: no copy of the rows
             seed_offsets, _ = _offsets(len(sample), comm, comm_dev)
-            seed_points = backend_cls(sample, dev, chunk_size or backend_cls.default_chunk(2 * k, d, dev), stream)
+            seed_points = points.subset(sample, chunk_size or backend_cls.default_chunk(2 * k, d, dev))
         _, centroids, seed_info = SEEDINGS[init_used](
             seed_points, k, generator=gen, comm=comm, offsets=seed_offsets, n_total=n_seed, trials=trials,
             progress=progress,
