@@ -51,8 +51,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,14 +81,19 @@ OVERSAMPLING = 2.0  # k-means|| expected candidates per round, in units of k (�
 # None: every point. FAISS trains on 256 per centroid by default.
 SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
 
-# Per chunk the torch search holds a (chunk, k) float32 similarity block: 16 MB on the
-# CPU keeps it in cache and the working memory far below the points' own size; 256 MB
-# on a GPU keeps its kernels long.
+# Per chunk the torch search holds a (chunk, k) float32 similarity block: 8 MB per CPU
+# worker (a pass over 1M x 27 points, k = 1024, took 4.5 / 3.8 / 3.6 / 4.1 s with 2 / 4 /
+# 8 / 16 MB blocks on two workers, shared 2-core box at load 10); 256 MB on a GPU keeps
+# its kernels long.
 _CHUNK_FLOATS = {"cpu": 1 << 21, "cuda": 1 << 26}
 _FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
 # matrix-vector product and the running-min/sum updates.
 _SEED_CHUNK = 1 << 20
+# Greedy k-means++ with n·trials below this runs on one CPU thread (above, on all of
+# them): each of its ~15 ops per step then takes well under a millisecond, and two
+# threads only add barriers. Everything else outside the passes runs on one thread too.
+_SMALL_SEEDING = 1 << 22
 _RESIDENT_FRACTION = 0.5  # CUDA: copy the points to the device when they take at most this much of its free memory
 
 
@@ -154,6 +161,7 @@ class _Comm:
 
 # ---------------------------------------------------------------- backends: one pass over the points
 
+_WORKER = threading.local()  # .pinned: this pool thread already runs torch on one thread
 Searcher = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (m, d) chunk -> sims (m,), labels (m,)
 
 
@@ -178,6 +186,11 @@ class Points:
         self.streamed = False
         self.index: torch.Tensor | None = None  # (m,) int64 rows of x on x.device, when a subset
         self._nonzero: torch.Tensor | None = None
+        self.threads = torch.get_num_threads()  # CPU threads a pass may use (``workers``)
+        self._local = threading.local()  # per-thread scratch (``workspace``); shared with subsets
+        self._pools: dict[int, ThreadPoolExecutor] = {}  # CPU workers by count; shared with subsets
+
+    parallel = True  # passes may run on several CPU threads (``_run``); False: the backend parallelises itself
 
     # -- what a backend overrides
 
@@ -237,11 +250,66 @@ class Points:
         idx = idx.to(self.x.device)
         return self.x[idx if self.index is None else self.index[idx]].to(self.device)
 
+    def workers(self) -> int:
+        """Threads a pass runs on: on the CPU, torch's thread count when the points
+        were made, each worker running torch single-threaded on every workers-th
+        chunk (``_run``)."""
+        return self.threads if self.device.type == "cpu" and self.parallel and not self.streamed else 1
+
+    def _run(self, work: Callable[[int, torch.Tensor, int], None]) -> None:
+        """Call work(start, chunk, worker) for every chunk, chunk i on worker
+        i % workers. Several CPU workers are threads of a pool kept until
+        ``close``, each running torch with one thread (torch releases the GIL):
+        measured on the shared 2-core box at load 10, a Lloyd pass over 1M x 27
+        points, k = 1024, took 4-6 s this way against 11-21 s with torch's own
+        two OpenMP threads, whose barrier at the end of every op waits for a
+        descheduled thread."""
+        workers = self.workers()
+        if workers == 1:
+            for start, xc in self.chunks():
+                work(start, xc, 0)
+            return
+        starts = range(0, len(self), self.chunk)
+
+        def run(w: int) -> None:
+            if not getattr(_WORKER, "pinned", False):  # this pool thread computes single-threaded
+                torch.set_num_threads(1)
+                _WORKER.pinned = True
+            for start in starts[w::workers]:
+                work(start, self._host_rows(start, start + self.chunk), w)
+
+        if workers not in self._pools:
+            self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="hgm-kmeans")
+        with _threads(1):
+            for future in [self._pools[workers].submit(run, w) for w in range(workers)]:
+                future.result()  # re-raises a worker's exception here
+
+    def close(self) -> None:
+        """Stop the worker threads (a later pass starts new ones)."""
+        for pool in self._pools.values():
+            pool.shutdown()
+        self._pools.clear()
+
+    def workspace(self, numel: int) -> torch.Tensor:
+        """This thread's scratch block of at least numel float32 on ``self.device``,
+        kept between chunks and passes: glibc keeps what worker threads free of
+        multi-MB temporaries (measured: +145 MB of RSS for 8 MB blocks allocated
+        afresh per chunk on two threads, +27 MB with one block kept per thread)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.numel() < numel:
+            buf = self._local.buf = torch.empty(numel, dtype=torch.float32, device=self.device)
+        return buf
+
     def nonzero(self) -> torch.Tensor:
         """(n,) bool: rows that are not all zero (zero rows have no direction)."""
         if self._nonzero is None:
-            self._nonzero = torch.cat([(xc != 0).any(dim=1) for _, xc in self.chunks()]) if len(self) else (
-                torch.zeros(0, dtype=torch.bool, device=self.device))
+            nonzero = torch.empty(len(self), dtype=torch.bool, device=self.device)
+
+            def work(start, xc, _):
+                nonzero[start : start + len(xc)] = (xc != 0).any(dim=1)
+
+            self._run(work)
+            self._nonzero = nonzero
         return self._nonzero
 
     def search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,29 +318,41 @@ class Points:
         sims = torch.empty(n, dtype=torch.float32, device=self.device)
         labels = torch.empty(n, dtype=torch.int64, device=self.device)
         search = self.searcher(centroids)
-        for start, xc in self.chunks():
+
+        def work(start, xc, _):
             sims[start : start + len(xc)], labels[start : start + len(xc)] = search(xc)
+
+        self._run(work)
         return sims, labels
 
-    def assign_to(self, centroids: torch.Tensor, labels: torch.Tensor, sims: torch.Tensor):
+    def assign_to(self, centroids: torch.Tensor, labels: torch.Tensor):
         """One Lloyd pass: assign every point to its nearest centroid, writing
-        ``labels`` (n,) int32 and ``sims`` (n,) float32 in place, and sum the
-        members per cluster. Returns (sums (k, d) float64, counts (k,) int64,
-        how many labels changed). Float64 sums make the result independent of
-        chunking (and ``index_put_(accumulate=True)`` is deterministic on CUDA)."""
+        ``labels`` ((n,) int16 or int32) in place, and sum the members per
+        cluster. Returns (sums (k, d) float64, counts (k,) int64, Σ similarity
+        (float64 tensor), how many labels changed). Float64 sums make the result
+        independent of chunking (and ``index_put_(accumulate=True)`` is
+        deterministic on CUDA)."""
         k, d = centroids.shape
-        sums = torch.zeros(k, d, dtype=torch.float64, device=self.device)
-        counts = torch.zeros(k, dtype=torch.int64, device=self.device)
-        changed = torch.zeros((), dtype=torch.int64, device=self.device)
+        # One accumulator per worker, added in worker order: deterministic for a thread count.
+        acc = [(torch.zeros(k, d, dtype=torch.float64, device=self.device),  # sums
+                torch.zeros(k, dtype=torch.int64, device=self.device),  # counts
+                torch.zeros(2, dtype=torch.float64, device=self.device))  # Σ sim, changed
+               for _ in range(self.workers())]
         search = self.searcher(centroids)
-        for start, xc in self.chunks():
+
+        def work(start, xc, w):
+            sums, counts, scalars = acc[w]
             s, lab = search(xc)
             end = start + len(xc)
-            changed += (lab != labels[start:end]).sum()
-            labels[start:end], sims[start:end] = lab, s
+            scalars[0] += s.sum(dtype=torch.float64)
+            scalars[1] += (lab != labels[start:end]).sum()
+            labels[start:end] = lab
             sums.index_put_((lab,), xc.double(), accumulate=True)  # 2x faster than index_add_ here
             counts += torch.bincount(lab, minlength=k)
-        return sums, counts, int(changed)
+
+        self._run(work)
+        sums, counts, scalars = (sum(parts[1:], parts[0]) for parts in zip(*acc))
+        return sums, counts, scalars[0], int(scalars[1])
 
 
 class TorchPoints(Points):
@@ -282,7 +362,7 @@ class TorchPoints(Points):
     at most half its free memory; otherwise (or with ``stream=True``, which
     also works on the CPU, for tests) every pass streams them in chunks through
     two pinned host buffers, copying chunk i+1 on a side stream while chunk i
-    is computed. Device memory then holds two chunks and O(n) labels and sims."""
+    is computed. Device memory then holds two chunks and the points' labels."""
 
     def __init__(self, x, device, chunk_size, stream=None):
         super().__init__(x, device, chunk_size)
@@ -294,11 +374,14 @@ class TorchPoints(Points):
         self.streamed = bool(stream)
 
     def searcher(self, centroids):
-        ct = centroids.to(self.device, torch.float32)
+        ct = centroids.to(self.device, torch.float32).T  # (d, k)
+        k = ct.shape[1]
 
         def search(xc):
-            s, lab = (xc @ ct.T).max(dim=1)  # (m,) each; first index on ties
-            return s, lab
+            if self.device.type == "cuda":  # the caching allocator reuses the block
+                return (xc @ ct).max(dim=1)
+            sims = torch.mm(xc, ct, out=self.workspace(len(xc) * k)[: len(xc) * k].view(len(xc), k))  # (m, k)
+            return sims.max(dim=1)  # (m,) each; first index on ties
 
         return search
 
@@ -368,6 +451,8 @@ class FaissPoints(Points):
     """``IndexFlatIP`` searches (BLAS + a top-1 heap) on host memory; on a CUDA
     device with a faiss-gpu build, ``GpuIndexFlatIP`` (FAISS copies the chunks).
     A CUDA device without faiss-gpu runs on the CPU (``stats["device"]`` says so)."""
+
+    parallel = False  # FAISS runs its own OpenMP threads
 
     def __init__(self, x, device, chunk_size, stream=None):
         self.gpu = device.type == "cuda" and faiss_has_gpu()
@@ -482,6 +567,19 @@ def _full_fp32_matmul():
         torch.set_float32_matmul_precision(previous)
 
 
+def _check_rows(x: torch.Tensor) -> tuple[bool, bool]:
+    """(every value finite, every row of unit L2 norm or zero), in blocks of 4096 rows.
+    Float64 norms: inf or NaN anywhere in a row makes its norm inf or NaN, and no
+    finite float32 overflows."""
+    unit = True
+    for start in range(0, len(x), 4096):
+        norm = torch.linalg.vector_norm(x[start : start + 4096], dim=1, dtype=torch.float64)  # (4096,)
+        if not bool(torch.isfinite(norm).all()):
+            return False, False
+        unit = unit and bool((((norm - 1).abs() <= 5e-6) | (norm == 0)).all())
+    return True, unit
+
+
 def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor, int, int]:
     """Validate x (the same verdict on every rank) and return its rows as a
     float32 tensor of unit (or zero) rows — x itself, without a copy, when it
@@ -492,14 +590,8 @@ def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor
     xt = torch.as_tensor(x)
     if xt.dtype != torch.float32 or not xt.is_contiguous():
         xt = xt.to(torch.float32).contiguous()
-    finite, unit = True, True
-    for start in range(0, len(xt), 1 << 14):  # 1.7 MB blocks at d = 27
-        block = xt[start : start + (1 << 14)]
-        if not bool(torch.isfinite(block).all()):
-            finite = False
-            break
-        sq = (block * block).sum(dim=1)
-        unit = unit and bool((((sq - 1).abs() <= 1e-5) | (sq == 0)).all())
+    with _threads(1):  # memory-bound: one thread, no barriers
+        finite, unit = _check_rows(xt)
     info = torch.tensor([len(xt), 0 if finite else 1], device=device)
     every = comm.all_gather(info).cpu()  # (world, 2)
     sizes = every[:, 0].tolist()
@@ -518,13 +610,13 @@ def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor
 
 
 @contextlib.contextmanager
-def _one_thread():
-    """Small sequential work (the greedy k-means++ on the k-means|| candidates: k steps of
-    ~15 ops on C·trials floats) on one CPU thread: with two, every op ends at a barrier
-    that costs a scheduler time slice when the machine is busy (measured: 100 s instead
-    of ~1 s for k = 1024, 10k candidates, on the shared 2-core box at load 10)."""
+def _threads(n: int):
+    """torch on n CPU threads inside the block. Small sequential work runs on one: with
+    two, every op ends at a barrier that costs a scheduler time slice when the machine is
+    busy (measured: the greedy k-means++ on 10k k-means|| candidates, k = 1024, took 100 s
+    on two threads and 6 s on one, on the shared 2-core box at load 10)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -537,10 +629,20 @@ def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
     return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
 
 
-def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator) -> torch.Tensor:
+def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator, sparse: bool = False):
     """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
-    (without replacement, seeded, the same on every rank) of m of the n_total points."""
-    keep = torch.sort(torch.randperm(n_total, generator=generator)[:m]).values  # global, sorted
+    (without replacement, seeded, the same on every rank) of m < n_total points.
+    ``sparse``: in O(m) memory — draws with replacement until m distinct, then m of
+    those at random (uniform by symmetry) — instead of a permutation of all n_total
+    (24 bytes a point with its sort: 48 MB at 2M points)."""
+    if not sparse:
+        keep = torch.sort(torch.randperm(n_total, generator=generator)[:m]).values  # global, sorted
+    else:
+        keep = np.zeros(0, dtype=np.int64)
+        while len(keep) < m:  # np.unique: torch.unique took 0.9 s for 65k of 100k on 2 busy cores
+            more = torch.randint(n_total, (m - len(keep) + m // 8 + 1,), generator=generator).numpy()
+            keep = np.unique(np.concatenate([keep, more]))
+        keep = torch.from_numpy(np.sort(keep[torch.randperm(len(keep), generator=generator)[:m].numpy()]))
     return keep[(keep >= offset) & (keep < offset + n_local)] - offset
 
 
@@ -615,6 +717,10 @@ def _kmeanspp(points: Points, k, generator, comm, offsets, progress, trials: int
     updates the running D² and its chunk sums while the chunk is in cache; the
     candidates' D² columns are kept meanwhile (n·trials floats)."""
     n, d, dev = len(points), points.d, points.device
+    threads = 1 if n * trials <= _SMALL_SEEDING else points.threads
+    if dev.type == "cpu" and torch.get_num_threads() != threads:
+        with _threads(threads):
+            return _kmeanspp(points, k, generator, comm, offsets, progress, trials, weights, chunk)
     nonzero = points.nonzero()
     live = nonzero if weights is None else nonzero & (weights > 0)
     # Running D² per point; all-zero (and weightless) rows weigh 0 throughout.
@@ -708,7 +814,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     ell = oversampling * k
     nonzero = points.nonzero()
     dmin = torch.where(nonzero, torch.inf, 0.0).to(dtype=torch.float32, device=dev)  # (n,) running D²
-    near = torch.zeros(n, dtype=torch.int64, device=dev)  # (n,) its nearest candidate
+    near = torch.zeros(n, dtype=torch.int32, device=dev)  # (n,) its nearest candidate
     w = nonzero.to(torch.float32)
     first = _draw(w, _chunk_totals(w, _SEED_CHUNK), _SEED_CHUNK, generator, comm)
     if first is None:  # every row is zero: nothing to sample ∝ D²
@@ -726,7 +832,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
             d2 = d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
             closer = d2 < dmin
             dmin = torch.where(closer, d2, dmin)
-            near = torch.where(closer, lab + total, near)
+            near = torch.where(closer, (lab + total).to(torch.int32), near)
             cand_idx.append(new_idx)
             cand_rows.append(new)
             total += len(new_idx)
@@ -740,7 +846,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
         picked = torch.nonzero(u * phi < ell * dmin.double()).flatten()  # P(join) = min(1, ℓ·D²/φ)
         new_idx = comm.all_gather_cat(picked + offset).cpu()
     cand_idx, cands = torch.cat(cand_idx), torch.cat(cand_rows)  # (C,), (C, d)
-    weights = torch.bincount(near[nonzero], minlength=len(cand_idx)).to(torch.float64)
+    weights = torch.bincount(near[nonzero].long(), minlength=len(cand_idx)).to(torch.float64)
     weights = comm.all_reduce_(weights).to(torch.float32)
     if len(cand_idx) < k:  # fewer distinct points than k: add others uniformly, weightless
         avail = torch.ones(n, device=dev)
@@ -757,8 +863,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
         cands = torch.cat([cands, _gather_rows(points, offset, extra, comm)])
         cand_idx = torch.cat([cand_idx, extra])
         weights = torch.cat([weights, weights.new_zeros(len(extra))])
-    cpoints = TorchPoints(cands, cands.device, len(cands))
-    with _one_thread():
+    with contextlib.closing(TorchPoints(cands, cands.device, len(cands))) as cpoints:
         chosen, centers = _kmeanspp(cpoints, k, generator, _Comm(local=True), [0], progress, trials, weights=weights)
     return cand_idx[chosen], centers, {"seed_trials": trials, "seed_rounds": r, "seed_candidates": len(cand_idx)}
 
@@ -794,21 +899,24 @@ def kmeanspp_init(x: torch.Tensor, k: int, generator: torch.Generator, chunk_siz
     comm = _Comm()
     points = TorchPoints(x, x.device, chunk_size or _SEED_CHUNK)
     offsets, _ = _offsets(len(x), comm, x.device)
-    with _full_fp32_matmul():
+    with _full_fp32_matmul(), contextlib.closing(points):
         return _kmeanspp(points, k, generator, comm, offsets, no_progress, chunk=chunk_size or _SEED_CHUNK)[0]
 
 
 # ---------------------------------------------------------------- Lloyd
 
 
-def _reseed_empty(points: Points, centroids, sims, empty, comm, offset, n_total) -> int:
+def _reseed_empty(points: Points, centroids, empty, comm, offset, n_total) -> int:
     """Move each empty centroid onto one of the points farthest from their own
     centroid (lowest similarity, ties by index), skipping points that duplicate
     an existing centroid or one another. Same choice on every rank. Returns how
-    many were moved (fewer when there are not enough distinct points)."""
+    many were moved (fewer when there are not enough distinct points). Rare:
+    one more pass, for the similarities."""
     d, dev = points.d, points.device
     m = len(empty)
     want = max(4 * m, 64)
+    search = points.searcher(centroids)
+    sims = torch.cat([search(xc)[0] for _, xc in points.chunks()])  # (n,)
     key = sims.masked_fill(~points.nonzero(), torch.inf)  # zero rows are never candidates
     order = torch.sort(key, stable=True).indices  # (n,) farthest first
     while True:
@@ -843,16 +951,14 @@ def _reseed_empty(points: Points, centroids, sims, empty, comm, offset, n_total)
 def _lloyd(points: Points, centroids, iterations, comm, offset, n_total, progress):
     """Spherical Lloyd iterations from ``centroids`` (k, d) on points.device.
     Returns the final centroids, sizes, objective list, updates run and empty
-    clusters re-seeded. Working memory: labels (int32) and sims (float32) of
-    every point, plus one chunk."""
-    n = len(points)
-    labels = torch.full((n,), -1, dtype=torch.int32, device=points.device)
-    sims = torch.empty(n, dtype=torch.float32, device=points.device)
+    clusters re-seeded. Working memory: the labels, 2 bytes a point (4 when
+    k > 32767; they tell when no assignment changes), plus one chunk."""
+    n, k = len(points), len(centroids)
+    labels = torch.full((n,), -1, dtype=torch.int16 if k < 1 << 15 else torch.int32, device=points.device)
 
     def step():
-        sums, counts, changed = points.assign_to(centroids, labels, sims)
-        scalars = torch.tensor([float(sims.sum(dtype=torch.float64)), changed], dtype=torch.float64,
-                               device=points.device)
+        sums, counts, sim_sum, changed = points.assign_to(centroids, labels)
+        scalars = torch.stack([sim_sum, torch.tensor(float(changed), dtype=torch.float64, device=points.device)])
         comm.all_reduce_(sums), comm.all_reduce_(counts), comm.all_reduce_(scalars)
         return sums, counts, float(scalars[0]), int(scalars[1])
 
@@ -868,7 +974,7 @@ def _lloyd(points: Points, centroids, iterations, comm, offset, n_total, progres
             empty = torch.nonzero((counts == 0) | (sums.norm(dim=1) == 0)).flatten().cpu()
             if not len(empty):
                 break
-            moved = _reseed_empty(points, centroids, sims, empty, comm, offset, n_total)
+            moved = _reseed_empty(points, centroids, empty, comm, offset, n_total)
             if not moved:
                 break
             reseeded += moved
@@ -975,12 +1081,15 @@ def spherical_kmeans(
     chunk = chunk_size or backend_cls.default_chunk(k, d, dev)
     points = backend_cls(xt, dev, chunk, stream)
 
-    with _full_fp32_matmul():
+    # On the CPU the main thread's O(n) bookkeeping runs torch on one thread; the passes
+    # run on the points' worker threads (``Points._run``).
+    single = _threads(1) if dev.type == "cpu" else contextlib.nullcontext()
+    with _full_fp32_matmul(), contextlib.closing(points), single:
         t0 = time.perf_counter()
         seed_points, seed_offsets, n_seed = points, offsets, n_total
         if per_centroid is not None and n_total > k * per_centroid:
             n_seed = k * per_centroid
-            sample = _sample(offset, len(xt), n_total, n_seed, gen)  # a view: no copy of the rows
+            sample = _sample(offset, len(xt), n_total, n_seed, gen, sparse=True)  # a view: no copy of the rows
             seed_offsets, _ = _offsets(len(sample), comm, comm_dev)
             seed_points = points.subset(sample, chunk_size or backend_cls.default_chunk(2 * k, d, dev))
         _, centroids, seed_info = SEEDINGS[init_used](
@@ -1044,6 +1153,6 @@ def assign(x, centroids, *, device="auto", chunk_size=None) -> tuple[np.ndarray,
     if xt.ndim != 2 or ct.ndim != 2 or xt.shape[1] != ct.shape[1]:
         raise DataError(f"cannot assign points of shape {tuple(xt.shape)} to centroids of shape {tuple(ct.shape)}")
     points = TorchPoints(xt, dev, chunk_size or TorchPoints.default_chunk(len(ct), 0, dev))
-    with _full_fp32_matmul():
+    with _full_fp32_matmul(), contextlib.closing(points):
         sims, labels = points.search(ct)
     return labels.cpu().numpy(), sims.cpu().numpy()
