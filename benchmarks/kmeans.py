@@ -3,11 +3,11 @@ script doing the same work, hgm's seedings on identical patches, and its backend
 scikit-learn) on the same patches with their peak memory.
 
     PYTHONPATH=. nice -n 5 .venv/bin/python benchmarks/kmeans.py [--data DIR] \\
-        [--cases 300000:256,2000000:1024] [--iterations 25] [--repeats 2] [--sklearn-max-n 300000]
+        [--cases 300000:256:2,2000000:1024:1] [--iterations 25] [--alone-max-n 300000]
 
 Per case (N CIFAR-10 3x3x3 patches, k clusters, 25 Lloyd iterations, seed 0):
 
-1. Whole command against whole script, alternated ``--repeats`` times (best of each kept):
+1. Whole command against whole script, alternated ``repeats`` times (best of each kept):
    ``python benchmarks/faiss_plain.py`` (load the batches, sample, standardise, normalise,
    ``faiss.Kmeans(spherical=True)``, random init, no subsampling, save) and
    ``python -m hgmcli cluster --init auto`` (the same, through hgm: k-means|| seeding on a
@@ -17,8 +17,8 @@ Per case (N CIFAR-10 3x3x3 patches, k clusters, 25 Lloyd iterations, seed 0):
 2. Seeding quality on identical patches: ``hgm cluster --init kmeans++`` (greedy, every
    point) once; the objective of (1)'s hgm run relative to it.
 3. k-means alone, each in a fresh process on the same saved patches (hgm's own sampling):
-   hgm's backends with init auto, and scikit-learn's KMeans (k-means++, Lloyd, tol 0) up to
-   ``--sklearn-max-n`` patches. Working memory = peak RSS during the call minus the RSS
+   hgm's torch backend with init auto, and up to ``--alone-max-n`` patches hgm's faiss
+   backend and scikit-learn's KMeans (k-means++, Lloyd, tol 0). Working memory = peak RSS during the call minus the RSS
    just before it (the patches loaded, the code paths warmed up at k = 8, peak reset
    through /proc/self/clear_refs); the target reads peak <= 1.2x the patches' own size
    as patches + working memory.
@@ -167,12 +167,12 @@ def fmt_row(name: str, r: dict, ref: dict | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/ (or that folder)")
-    p.add_argument("--cases", default="300000:256,2000000:1024", help="N:k,N:k,...")
+    p.add_argument("--cases", default="300000:256:2,2000000:1024:1",
+                   help="N:k[:repeats],... (repeats: alternations of script and command, best kept)")
     p.add_argument("--iterations", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=2, help="alternations of script and command (best kept)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sklearn-max-n", type=int, default=300_000, help="scikit-learn only up to this many patches")
-    p.add_argument("--backends", default="torch,faiss", help="hgm backends timed alone (step 3)")
+    p.add_argument("--alone-max-n", type=int, default=300_000,
+                   help="k-means alone: hgm's faiss backend and scikit-learn only up to this many patches")
     p.add_argument("--child", nargs=5, metavar=("METHOD", "PATH", "K", "ITERATIONS", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -189,13 +189,13 @@ def main() -> None:
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
-            n, k = (int(v) for v in case.split(":"))
+            n, k, repeats = ([int(v) for v in case.split(":")] + [1])[:3]
             it = args.iterations
             print(f"\n{n:,} patches x 27, k={k}, {it} iterations", flush=True)
             head = (f"{'run':<30}{'wall s':>8}{'ratio':>8}{'cpu s':>8}{'ratio':>8}{'peak MB':>9}{'objective':>10}  detail")
             print(head + "\n" + "-" * len(head), flush=True)
             plains, hgms = [], []
-            for rep in range(args.repeats):
+            for rep in range(repeats):
                 order = ["plain", "hgm"] if rep % 2 == 0 else ["hgm", "plain"]
                 for what in order:
                     if what == "plain":
@@ -213,7 +213,7 @@ def main() -> None:
 
             path = f"{tmp}/patches.npy"
             np.save(path, hgm_patches(args.data, n, args.seed))
-            methods = [m for m in args.backends.split(",") if m] + (["sklearn"] if n <= args.sklearn_max_n else [])
+            methods = ["torch", *(["faiss", "sklearn"] if n <= args.alone_max_n else [])]
             alone = {}
             print(f"\n  k-means alone on the same {n:,} patches ({n * 27 * 4 / 2**20:,.0f} MB), fresh process each:")
             for m in methods:
