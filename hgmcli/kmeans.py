@@ -702,6 +702,35 @@ def _draw(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Ge
     return rank, j * chunk + i  # w[i] > 0: cum[i] > target ≥ cum[i - 1]
 
 
+def _draw_batch(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Generator, count: int):
+    """In one process, ``count`` draws ∝ w, each the point ``_draw`` would choose
+    with the same uniform number (drawn in the same order), locating them with one
+    cumulative sum per chunk instead of one per draw. Returns the local indices, or
+    None, drawing nothing, when every weight is 0 (the caller falls back to ``_draw``)."""
+    total = float(totals.sum())
+    if total <= 0:
+        return None
+    chunk_totals = totals.cpu().tolist()
+    located = []  # (chunk j, target within it) per draw
+    for _ in range(count):
+        u = float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
+        located.append(_locate(chunk_totals, _locate([total], u * total)[1]))
+    out = [0] * count
+    for j in sorted({j for j, _ in located}):
+        mine = [q for q, (jq, _) in enumerate(located) if jq == j]
+        part = w[j * chunk : (j + 1) * chunk]
+        cum = torch.cumsum(part, 0, dtype=torch.float64)
+        targets = torch.tensor([located[q][1] for q in mine], dtype=torch.float64, device=cum.device)
+        found = torch.searchsorted(cum, targets, right=True).tolist()
+        last = None
+        for q, i in zip(mine, found):
+            if i >= len(cum):  # rounding: the chunk's last positive weight, as in _draw
+                last = int(torch.nonzero(part > 0)[-1]) if last is None else last
+                i = last
+            out[q] = j * chunk + i
+    return out
+
+
 def _kmeanspp(points: Points, k, generator, comm, offsets, progress, trials: int = 1, weights=None,
               chunk: int = _SEED_CHUNK):
     """k-means++ on this rank's shard of unit rows; ``offsets`` (world,) are
@@ -749,16 +778,20 @@ def _kmeanspp(points: Points, k, generator, comm, offsets, progress, trials: int
         # First center ∝ w (uniform over the non-zero rows), then ∝ w·D²; uniform among
         # the points not chosen yet once every D² is 0 (fewer distinct points than k).
         n_draws = 1 if i == 0 else trials
-        picks = []
-        for _ in range(n_draws):
-            pick = None if i == 0 else _draw(score, totals, chunk, generator, comm)
-            if pick is None:
-                if i == 0:
-                    w = nonzero.to(torch.float32) if weights is None else weights * live
-                else:
-                    w = (~chosen).to(torch.float32)
-                pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
-            picks.append(fetch(pick))
+        local_picks = None if i == 0 or comm.on else _draw_batch(score, totals, chunk, generator, n_draws)
+        if local_picks is not None:  # one process: the same draws, one cumulative sum per step
+            picks = list(zip(points.rows(torch.tensor(local_picks)), local_picks))
+        else:
+            picks = []
+            for _ in range(n_draws):
+                pick = None if i == 0 else _draw(score, totals, chunk, generator, comm)
+                if pick is None:
+                    if i == 0:
+                        w = nonzero.to(torch.float32) if weights is None else weights * live
+                    else:
+                        w = (~chosen).to(torch.float32)
+                    pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
+                picks.append(fetch(pick))
         cands = torch.stack([c for c, _ in picks])  # (L, d)
         # One pass: D² of every point to every candidate, kept per chunk (N·L floats) so the
         # chosen candidate's column updates the running D² without a second pass.
