@@ -81,11 +81,11 @@ OVERSAMPLING = 2.0  # k-means|| expected candidates per round, in units of k (�
 # None: every point. FAISS trains on 256 per centroid by default.
 SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
 
-# Per chunk the torch search holds a (chunk, k) float32 similarity block: 8 MB per CPU
+# Per chunk the torch search holds a (chunk, k) float32 similarity block: 4 MB per CPU
 # worker (a pass over 1M x 27 points, k = 1024, took 4.5 / 3.8 / 3.6 / 4.1 s with 2 / 4 /
-# 8 / 16 MB blocks on two workers, shared 2-core box at load 10); 256 MB on a GPU keeps
-# its kernels long.
-_CHUNK_FLOATS = {"cpu": 1 << 21, "cuda": 1 << 26}
+# 8 / 16 MB blocks on two workers, shared 2-core box at load 10: 4 MB, for a working
+# memory below 20 % of 2M patches); 256 MB on a GPU keeps its kernels long.
+_CHUNK_FLOATS = {"cpu": 1 << 20, "cuda": 1 << 26}
 _FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
 # matrix-vector product and the running-min/sum updates.
@@ -860,12 +860,13 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     for r in range(rounds + 10 + 1):  # at most 10 extra rounds to reach k candidates
         if len(new_idx):
             new = _gather_rows(points, offset, new_idx, comm)  # (m, d)
-            sims, lab = points.search(new)
-            d2 = sims.mul_(-2.0).add_(2.0)
+            d2, lab = points.search(new)  # (n,) each; in place below: O(n) memory is the budget here
+            d2 = d2.mul_(-2.0).add_(2.0)
             d2 = d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
             closer = d2 < dmin
-            dmin = torch.where(closer, d2, dmin)
-            near = torch.where(closer, (lab + total).to(torch.int32), near)
+            torch.minimum(dmin, d2, out=dmin)
+            near[closer] = (lab[closer] + total).to(torch.int32)
+            del d2, lab, closer
             cand_idx.append(new_idx)
             cand_rows.append(new)
             total += len(new_idx)
@@ -876,7 +877,8 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
         if phi <= 0:  # every point is a candidate or duplicates one
             break
         u = torch.rand(n_total, generator=generator, dtype=torch.float64)[offset : offset + n].to(dev)
-        picked = torch.nonzero(u * phi < ell * dmin.double()).flatten()  # P(join) = min(1, ℓ·D²/φ)
+        picked = torch.nonzero(u.mul_(phi / ell) < dmin).flatten()  # P(join) = min(1, ℓ·D²/φ)
+        del u
         new_idx = comm.all_gather_cat(picked + offset).cpu()
     cand_idx, cands = torch.cat(cand_idx), torch.cat(cand_rows)  # (C,), (C, d)
     weights = torch.bincount(near[nonzero].long(), minlength=len(cand_idx)).to(torch.float64)

@@ -1,7 +1,8 @@
 """Cosine k-means with k-means++ seeding (hgmcli/kmeans.py): the paper's
-KMEANS(S, k) — exact recovery of distinct patches (Lemma 7), backend
-agreement, determinism, bounded-memory chunking, empty clusters, errors, and
-the multi-process (gloo) run equal to the single-process one."""
+KMEANS(S, k) — exact recovery of distinct patches (Lemma 7), the seedings
+(greedy k-means++, k-means||, init auto), backend agreement and the backend
+registry, determinism, bounded-memory chunking and streaming, empty clusters,
+errors, and the multi-process (gloo) run equal to the single-process one."""
 
 from __future__ import annotations
 
