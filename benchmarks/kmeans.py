@@ -1,208 +1,246 @@
-"""Cosine k-means side by side on the same CIFAR-10 patches: hgm's faiss and
-torch backends vs scikit-learn's KMeans (k-means++, Lloyd).
+"""k-means side by side, in one run: the whole `hgm cluster` command against a plain-FAISS
+script doing the same work, hgm's seedings on identical patches, and its backends (and
+scikit-learn) on the same patches with their peak memory.
 
-    .venv/bin/python benchmarks/kmeans.py [--cifar PATH] [--n N] [--k K] [--iterations I] [--big]
+    PYTHONPATH=. nice -n 5 .venv/bin/python benchmarks/kmeans.py [--data DIR] \\
+        [--cases 300000:256:2,2000000:1024:1] [--iterations 25] [--alone-max-n 300000]
 
-Cases (patches sampled uniformly from the first 40,000 training images, the
-paper's train split, with hgm's own data and patch code):
+Per case (N CIFAR-10 3x3x3 patches, k clusters, 25 Lloyd iterations, seed 0):
 
-  (a) raw 3x3x3 patches, scaled to [0, 1], per-patch L2-normalised (d = 27);
-  (b) a wider layer: a random 1x1 conv 3 -> 64 + ReLU on the images, then 3x3
-      patches of its output (d = 576), L2-normalised.
+1. Whole command against whole script, alternated ``repeats`` times (best of each kept):
+   ``python benchmarks/faiss_plain.py`` (load the batches, sample, standardise, normalise,
+   ``faiss.Kmeans(spherical=True)``, random init, no subsampling, save) and
+   ``python -m hgmcli cluster --init auto`` (the same, through hgm: k-means|| seeding on a
+   k*256 sample where N*k is large, Lloyd on every patch). Each is a subprocess: wall
+   clock, CPU time (user + sys) and peak RSS from ``os.wait4``. Both draw the same patch
+   positions (numpy's default_rng(0)), so their objectives are comparable too.
+2. Seeding quality on identical patches: ``hgm cluster --init kmeans++`` (greedy, every
+   point) once; the objective of (1)'s hgm run relative to it.
+3. k-means alone, each in a fresh process on the same saved patches (hgm's own sampling):
+   hgm's torch backend with init auto, and up to ``--alone-max-n`` patches hgm's faiss
+   backend and scikit-learn's KMeans (k-means++, Lloyd, tol 0). Working memory = peak RSS during the call minus the RSS
+   just before it (the patches loaded, the code paths warmed up at k = 8, peak reset
+   through /proc/self/clear_refs); the target reads peak <= 1.2x the patches' own size
+   as patches + working memory.
 
-Every method gets the same normalised patches, k and iteration count, and is
-scored the same way: normalise its centroids, assign every patch to the
-centroid of largest cosine, report the mean cosine distance 1 - cos. hgm's two
-backends share their k-means++ seeds (computed by hgm); scikit-learn seeds with
-its own greedy k-means++ and clusters by Euclidean distance (on unit vectors
-the same assignment rule, but its centroids are not re-normalised).
-
-``--big`` clusters >= 2,000,000 raw patches with both hgm backends (and
-scikit-learn with ``--big-sklearn``), each in a fresh process so that its peak
-RSS (VmHWM) is its own; a process that only imports and loads the patches
-gives the baseline.
-
-Measured 2026-11-28 on the 2-core dev box (AMD EPYC, 2 torch/OpenMP threads,
-faiss-cpu 1.15.1, scikit-learn 1.9.1, quiet machine), hgm with its default
-greedy k-means++ (2 + ln k = 7 candidates per step), and, in an earlier run the
-same day, with appendix B's plain D^2 seeding (seed_trials=1):
-
-  case                           hgm faiss        hgm torch        scikit-learn    hgm faiss, plain D^2
-  (a) 200k x 27,  k=256, 10 it    6.8 s  0.9994    7.1 s  0.9994   10.9 s 0.00960    2.8 s  1.0069
-  (b) 50k x 576,  k=256, 10 it    8.2 s  0.9961    8.2 s  0.9963   34.5 s 0.00892    6.8 s  1.0037
-  --big 2M x 27,  k=256, 10 it   65.5 s  0.9977   71.2 s  0.9977   84.5 s 0.00969   27.3 s  1.0008
-  --big peak RSS (load 862 MB)   1,389 MB         1,374 MB         1,279 MB
-
-(seconds = seeding + Lloyd; hgm columns give the objective relative to
-scikit-learn's, whose column gives the absolute mean cosine distance.) The
-greedy seeding is what closes the 0.1-0.7 % gap to scikit-learn (which seeds
-greedily too) and then beats it by 0.1-0.4 %; it costs 7 passes of distance
-work per center: 51 s of the 65 s at 2M patches (10 s with plain seeding).
+CPU time is reported beside wall time because the 2-core box is shared: under load the
+wall clock mostly measures the other jobs, CPU time the work done.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import os
-import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from hgmcli import kmeans  # noqa: E402
-from hgmcli.config import DataConfig  # noqa: E402
-from hgmcli.data import load_dataset  # noqa: E402
-from hgmcli.patches import sample_patches  # noqa: E402
-
-DEFAULT_CIFAR = os.environ.get("HGM_CIFAR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA = os.environ.get("HGM_CIFAR", str(ROOT.parent / "shared" / "data"))
 
 
-# ---------------------------------------------------------------- patches
+# ---------------------------------------------------------------- subprocesses
 
 
-def cifar_patches(root: str, n: int, wide: bool, seed: int) -> np.ndarray:
-    """(n, 27) raw or (n, 576) random-feature 3x3 patches, rows L2-normalised, float32."""
-    images = load_dataset(DataConfig(root=root), "train").images  # (40000, 3, 32, 32) uint8
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(64, 3, 1, 1, generator=gen)  # the random 1x1 conv of case (b)
+def run_process(argv: list[str]) -> dict:
+    """Run argv; its stdout (or its last line) is JSON. Adds wall and CPU seconds and peak
+    RSS (MB), reaping the child with wait4 so that the rusage is its own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        text, error = out.read().decode().strip(), err.read().decode()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{error[-2000:]}")
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError:
+        result = json.loads(text.splitlines()[-1])
+    result.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024)
+    return result
 
-    def features(batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).float() / 255.0  # (B, 3, 32, 32) in [0, 1]
-        return torch.relu(torch.nn.functional.conv2d(x, w)) if wide else x
 
-    patches, _ = sample_patches(images, n, 3, 1, features, rng=np.random.default_rng(seed), batch_size=1000)
-    return kmeans.normalize_rows(patches)
-
-
-# ---------------------------------------------------------------- methods
+def plain_faiss(data: str, n: int, k: int, iterations: int, out: str) -> dict:
+    r = run_process([sys.executable, "benchmarks/faiss_plain.py", "--data", data, "--patches", str(n),
+                            "--k", str(k), "--iterations", str(iterations), "--out", out])
+    r["detail"] = f"load {r['seconds_load']:.1f} s, patches {r['seconds_patches']:.1f} s, k-means {r['seconds_kmeans']:.1f} s"
+    return r
 
 
-def mean_cosine_distance(x: np.ndarray, centroids: np.ndarray) -> float:
-    """The one score for every method: 1 - cos to the nearest (by cosine) normalised centroid."""
-    _, sims = kmeans.assign(x, kmeans.normalize_rows(centroids), device="cpu")
-    return 1.0 - float(sims.mean(dtype=np.float64))
+def hgm_cluster(data: str, n: int, k: int, iterations: int, out: str, init: str = "auto") -> dict:
+    r = run_process([sys.executable, "-m", "hgmcli", "-q", "cluster", "--data", data, "--patches", str(n),
+                            "--k", str(k), "--iterations", str(iterations), "--init", init, "--out", out, "--json"])
+    s = r["stats"]
+    r["objective"] = s["objective"][-1]
+    r["detail"] = (f"patches {s['seconds_patches']:.1f} s, {s['seeding']}, Lloyd {s['seconds_lloyd']:.1f} s "
+                   f"({s['backend']})")
+    return r
 
 
-def run(method: str, x: np.ndarray, k: int, iterations: int, seed: int) -> dict:
-    """Cluster x with one method; seconds are wall-clock for seeding + Lloyd."""
-    t0 = time.perf_counter()
+# ---------------------------------------------------------------- k-means alone, in a child
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def child(method: str, path: str, k: int, iterations: int, seed: int) -> None:
+    """Print {seconds, cpu, objective, working_mb, ...} for one method on the patches at path."""
+    import torch
+
+    from hgmcli import kmeans
+
+    x = np.load(path)
+    # Warm up the same code paths at k = 8 (so that no k-sized block is left for glibc to
+    # reuse): the first call of each kernel maps its code pages, a one-time cost of the
+    # process (~10-30 MB), not memory the clustering works in.
+    if method != "sklearn":
+        kmeans.spherical_kmeans(x[:4096], 8, iterations=2, init="kmeans||", seed_points_per_centroid=64,
+                                backend=method, device="cpu")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    before = _status_kb("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
     if method == "sklearn":
         from sklearn.cluster import KMeans
 
-        # tol=0: exactly `iterations` Lloyd steps, like the others.
         km = KMeans(k, init="k-means++", n_init=1, max_iter=iterations, tol=0.0, algorithm="lloyd", random_state=seed)
         km.fit(x)
         centroids, detail = km.cluster_centers_.astype(np.float32), f"{km.n_iter_} it"
     else:
-        r = kmeans.spherical_kmeans(x, k, iterations=iterations, backend=method, device="cpu", seed=seed)
-        s = r.stats
+        r = kmeans.spherical_kmeans(x, k, iterations=iterations, init="auto", backend=method, device="cpu", seed=seed)
         centroids = r.centroids
-        detail = f"{s['iterations']} it, seed {s['seconds_seed']:.1f}s + Lloyd {s['seconds_lloyd']:.1f}s"
-    seconds = time.perf_counter() - t0
-    return {"method": method, "seconds": seconds, "objective": mean_cosine_distance(x, centroids), "detail": detail}
+        detail = f"{r.stats['seeding']}, Lloyd {r.stats['seconds_lloyd']:.1f} s"
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    working = (_status_kb("VmHWM") - before) / 1024
+    _, sims = kmeans.assign(x, kmeans.normalize_rows(centroids), device="cpu")
+    print(json.dumps({"method": method, "seconds": seconds, "cpu_inproc": cpu, "working_mb": working,
+                      "patches_mb": x.nbytes / 2**20, "objective": 1.0 - float(sims.mean(dtype=np.float64)),
+                      "detail": detail}))
 
 
-def table(title: str, rows: list[dict], extra: str = "") -> str:
-    ref = next((r for r in rows if r["method"] == "sklearn"), None)
-    head = f"{'method':<16}{'seconds':>9}{'vs sklearn':>12}{'objective':>11}{'vs sklearn':>12}{extra:>14}  detail"
-    lines = [title, head, "-" * len(head)]
-    for r in rows:
-        t_ratio = f"{r['seconds'] / ref['seconds']:.3f}x" if ref else "-"
-        o_ratio = f"{r['objective'] / ref['objective']:.4f}" if ref else "-"
-        name = {"faiss": "hgm faiss", "torch": "hgm torch", "sklearn": "scikit-learn"}.get(r["method"], r["method"])
-        mem = f"{r['peak_rss_mb']:,.0f} MB" if "peak_rss_mb" in r else ""
-        lines.append(
-            f"{name:<16}{r['seconds']:>9.2f}{t_ratio:>12}{r['objective']:>11.5f}{o_ratio:>12}{mem:>14}  {r['detail']}"
-        )
-    return "\n".join(lines)
+def hgm_patches(data: str, n: int, seed: int) -> np.ndarray:
+    """(n, 27) unit rows: hgm cluster's own sampling (train split, standardised, 3x3, stride 1)."""
+    import torch
 
+    from hgmcli import data as hdata
+    from hgmcli import kmeans
+    from hgmcli.config import DataConfig
+    from hgmcli.network import Preprocess
+    from hgmcli.patches import sample_patches
 
-# ---------------------------------------------------------------- --big: one process per method
-
-
-def _child(method: str, path: str, k: int, iterations: int, seed: int, queue) -> None:
-    x = np.load(path)
-    if method == "load only":
-        result = {"method": method, "seconds": 0.0, "objective": float("nan"), "detail": f"{x.nbytes / 2**20:,.0f} MB of patches"}
-    else:
-        result = run(method, x, k, iterations, seed)
-    result["peak_rss_mb"] = peak_rss_mb()
-    queue.put(result)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux: VmHWM, which starts afresh at
-    exec (ru_maxrss would carry over the forking parent's peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run_isolated(method: str, path: str, k: int, iterations: int, seed: int) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(method, path, k, iterations, seed, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    cfg = DataConfig(root=data)
+    ds = hdata.load_dataset(cfg, "train", seed=seed)
+    norm = hdata.normalization(cfg, ds)
+    pre = Preprocess(norm["scale"], norm["mean"], norm["std"])
+    x, _ = sample_patches(ds.images, n, 3, 1, lambda b: pre(torch.from_numpy(np.ascontiguousarray(b))),
+                          rng=np.random.default_rng(seed), batch_size=256)
+    return kmeans.normalize_rows(x, inplace=True)
 
 
 # ---------------------------------------------------------------- main
 
 
-def environment() -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    backends = "+".join(kmeans.available_backends())
-    return f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, backends {backends}, load average {load}"
+def load_line() -> str:
+    return "load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def fmt_row(name: str, r: dict, ref: dict | None) -> str:
+    ratio = f"{r['wall'] / ref['wall']:.2f}x" if ref else ""
+    cratio = f"{r['cpu'] / ref['cpu']:.2f}x" if ref and r.get("cpu") else ""
+    return (f"{name:<30}{r['wall']:>8.1f}{ratio:>8}{r.get('cpu', float('nan')):>8.1f}{cratio:>8}"
+            f"{r.get('peak_rss_mb', float('nan')):>9,.0f}{r['objective']:>10.5f}  {r['detail']}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar", default=DEFAULT_CIFAR, help="folder holding cifar-10-batches-py/ (or that folder)")
-    p.add_argument("--n", type=int, default=200_000, help="raw 3x3x3 patches, case (a)")
-    p.add_argument("--n-wide", type=int, default=50_000, help="3x3x64 patches, case (b)")
-    p.add_argument("--k", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/ (or that folder)")
+    p.add_argument("--cases", default="300000:256:2,2000000:1024:1",
+                   help="N:k[:repeats],... (repeats: alternations of script and command, best kept)")
+    p.add_argument("--iterations", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--big", action="store_true", help="one run at --big-n raw patches, torch and faiss, peak RSS each")
-    p.add_argument("--big-n", type=int, default=2_000_000)
-    p.add_argument("--big-sklearn", action="store_true", help="include scikit-learn in the --big run")
+    p.add_argument("--alone-max-n", type=int, default=300_000,
+                   help="k-means alone: hgm's faiss backend and scikit-learn only up to this many patches")
+    p.add_argument("--child", nargs=5, metavar=("METHOD", "PATH", "K", "ITERATIONS", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    methods = [m for m in ("faiss", "torch") if m in kmeans.available_backends()]
-
-    print(environment())
-    if args.big:
-        x = cifar_patches(args.cifar, args.big_n, wide=False, seed=args.seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "patches.npy")
-            np.save(path, x)
-            del x
-            chosen = ["load only", *methods, *(["sklearn"] if args.big_sklearn else [])]
-            rows = [run_isolated(m, path, args.k, args.iterations, args.seed) for m in chosen]
-        title = f"\n--big: {args.big_n:,} raw 3x3x3 patches (d=27), k={args.k}, {args.iterations} iterations"
-        print(table(title, rows, extra="peak RSS"))
-        print(environment())
+    if args.child:
+        method, path, k, iterations, seed = args.child
+        child(method, path, int(k), int(iterations), int(seed))
         return
 
-    cases = [
-        (f"(a) {args.n:,} raw 3x3x3 patches (d=27)", args.n, False),
-        (f"(b) {args.n_wide:,} 3x3x64 random-ReLU-feature patches (d=576)", args.n_wide, True),
-    ]
-    for title, n, wide in cases:
-        x = cifar_patches(args.cifar, n, wide=wide, seed=args.seed)
-        rows = [run(m, x, args.k, args.iterations, args.seed) for m in [*methods, "sklearn"]]
-        print(table(f"\n{title}, k={args.k}, {args.iterations} iterations", rows))
-    print(environment())
+    import faiss
+    import torch
+
+    print(f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"faiss {faiss.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; {load_line()}",
+          flush=True)
+    summary = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases.split(","):
+            n, k, repeats = ([int(v) for v in case.split(":")] + [1])[:3]
+            it = args.iterations
+            print(f"\n{n:,} patches x 27, k={k}, {it} iterations", flush=True)
+            head = (f"{'run':<30}{'wall s':>8}{'ratio':>8}{'cpu s':>8}{'ratio':>8}{'peak MB':>9}{'objective':>10}  detail")
+            print(head + "\n" + "-" * len(head), flush=True)
+            plains, hgms = [], []
+            for rep in range(repeats):
+                order = ["plain", "hgm"] if rep % 2 == 0 else ["hgm", "plain"]
+                for what in order:
+                    if what == "plain":
+                        plains.append(plain_faiss(args.data, n, k, it, f"{tmp}/plain.npy"))
+                        print(fmt_row(f"  plain FAISS script #{rep + 1}", plains[-1], None), flush=True)
+                    else:
+                        hgms.append(hgm_cluster(args.data, n, k, it, f"{tmp}/hgm.npz"))
+                        print(fmt_row(f"  hgm cluster (auto) #{rep + 1}", hgms[-1], None), flush=True)
+            plain = min(plains, key=lambda r: r["wall"])
+            hgm = min(hgms, key=lambda r: r["wall"])
+            greedy = hgm_cluster(args.data, n, k, it, f"{tmp}/greedy.npz", init="kmeans++")
+            print(fmt_row("plain FAISS script (best)", plain, None))
+            print(fmt_row("hgm cluster, init auto (best)", hgm, plain))
+            print(fmt_row("hgm cluster, init kmeans++", greedy, plain), flush=True)
+
+            path = f"{tmp}/patches.npy"
+            np.save(path, hgm_patches(args.data, n, args.seed))
+            methods = ["torch", *(["faiss", "sklearn"] if n <= args.alone_max_n else [])]
+            alone = {}
+            print(f"\n  k-means alone on the same {n:,} patches ({n * 27 * 4 / 2**20:,.0f} MB), fresh process each:")
+            for m in methods:
+                r = run_process([sys.executable, "benchmarks/kmeans.py", "--child", m, path, str(k), str(it),
+                                        str(args.seed)])
+                alone[m] = r
+                print(f"  {m:<12}{r['seconds']:>8.1f} s  cpu {r['cpu_inproc']:>7.1f} s  objective {r['objective']:.5f}  "
+                      f"working memory {r['working_mb']:>6.1f} MB ({1 + r['working_mb'] / r['patches_mb']:.2f}x patches)"
+                      f"  {r['detail']}", flush=True)
+            summary.append((n, k, plain, hgm, greedy, alone))
+            print(f"  {load_line()}", flush=True)
+
+    print("\ntargets (issue 16):")
+    for n, k, plain, hgm, greedy, alone in summary:
+        bound = 1.2 if n <= 300_000 else 1.5
+        ratio, cratio = hgm["wall"] / plain["wall"], hgm["cpu"] / plain["cpu"]
+        gap = hgm["objective"] / greedy["objective"] - 1
+        seed_share = hgm["stats"]["seconds_seed"] / hgm["wall"]
+        torch_mem = 1 + alone["torch"]["working_mb"] / alone["torch"]["patches_mb"] if "torch" in alone else float("nan")
+        ok = lambda c: "ok  " if c else "MISS"  # noqa: E731
+        print(f"  {n:>9,} k={k:<5} {ok(ratio <= bound)} whole command / plain script {ratio:.2f}x wall "
+              f"({cratio:.2f}x CPU), target <= {bound}x")
+        print(f"  {'':>17} {ok(gap <= 0.005)} objective vs greedy k-means++ {gap * 100:+.2f} %, target <= +0.5 %")
+        print(f"  {'':>17} {ok(seed_share <= 0.25)} seeding {hgm['stats']['seconds_seed']:.1f} s = "
+              f"{seed_share * 100:.1f} % of the command (target <= 25 % at 2M)")
+        print(f"  {'':>17} {ok(torch_mem <= 1.2)} k-means peak = {torch_mem:.2f}x the patches' size (target <= 1.2x)")
+    print(load_line())
 
 
 if __name__ == "__main__":

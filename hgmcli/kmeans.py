@@ -9,34 +9,60 @@ one, and Lloyd's algorithm becomes spherical k-means: assign each point to the
 centroid of largest inner product, update each centroid to the mean of its
 members re-normalised to unit length.
 
-Seeding is always ours (FAISS's is serial and L2-only), runs on the device, and
-keeps one running min-distance vector of N floats: O(N·d) work and O(chunk·d + N)
-memory per center. Lemma 7 relies on k-means++ never choosing the same example
-twice: here a chosen point and its exact duplicates have D² = 0 (float32
-rounding leaves |2 − 2⟨x, x⟩| ≲ 2e-6, measured up to d = 4608, so D² below
-``DUPLICATE_D2`` counts as 0), hence clustering |S| distinct patches into |S|
-clusters gives one center per patch.
+Seedings (``SEEDINGS``; ``init`` picks one, ``auto`` by the size of the job):
 
-Two Lloyd backends with the same seeds and the same ``objective`` (mean cosine
-distance 1 − ⟨x, c_assigned⟩ over all points, entry i after i updates):
+- ``kmeans++``: k sequential passes over every point, each drawing 2 + ln k
+  candidates ∝ D² and keeping the one that lowers Σ D² most (the greedy
+  variant; ``seed_trials=1`` is appendix B's plain D² sampling). Lemma 7 relies
+  on it never choosing the same example twice: a chosen point and its exact
+  duplicates have D² = 0 (float32 rounding leaves |2 − 2⟨x, x⟩| ≲ 2e-6,
+  measured up to d = 4608, so D² below ``DUPLICATE_D2`` counts as 0), hence
+  clustering |S| distinct patches into |S| clusters gives one center per patch.
+- ``kmeans||`` (Bahmani et al., "Scalable k-means++", VLDB 2012): 5 rounds,
+  each one batched pass that samples every point with probability
+  min(1, ℓ·D²/Σ D²), ℓ = 2k; then the greedy k-means++ above on the ≈10k
+  candidates, each weighted by the points nearest to it. It runs on a uniform
+  sample of k·256 points, as FAISS trains on k·``max_points_per_centroid``.
+- ``random``: k distinct points uniformly.
+- ``auto``: ``kmeans++`` on every point while N·k ≤ ``AUTO_GREEDY_MAX_NK``
+  (every synthetic and theory config: exact recovery), else ``kmeans||``.
 
-- ``torch`` (CPU or CUDA, and multi-process under ``torch.distributed``):
-  chunked assignment, float64 sums via ``index_put_(accumulate=True)``, so memory is bounded and
-  the result does not depend on the chunk size; empty clusters are re-seeded
-  with the farthest points; stops early when no assignment changes.
-- ``faiss`` (CPU, or GPU with a faiss-gpu build): ``faiss.Kmeans(spherical=True)``
-  started from our seeds, never subsampling behind our back.
+Backends (``KMEANS_BACKENDS``) share the seeding and the Lloyd loop and differ
+only in one pass over the points, the interface of faiss contrib's
+``DatasetAssign``: ``search`` (nearest centroid by inner product) and
+``assign_to`` (search + per-cluster sums). ``torch`` runs on CPU or CUDA and
+under ``torch.distributed`` (each rank owns a contiguous shard; the result
+equals the single-process one); on CUDA it keeps the points on the device when
+they fit and otherwise streams them from host memory through two pinned
+buffers with asynchronous copies. ``faiss`` searches with ``IndexFlatIP``
+(faiss-gpu's ``GpuIndexFlatIP`` on CUDA). Sums are float64
+(``index_put_(accumulate=True)``), so the result does not depend on the chunk
+size; empty clusters are re-seeded with the farthest points; Lloyd stops early
+when no assignment changes. ``objective`` is the mean cosine distance
+1 − ⟨x, c_assigned⟩ over all points, entry i after i updates.
 
-Measured side by side on CIFAR-10 3×3×3 patches, k = 256, 10 iterations, 2
-CPU cores (``benchmarks/kmeans.py``, which has the full tables): 200,000
-patches in 3.3 s (torch) / 3.5 s (faiss) vs scikit-learn's 11.6 s; 2,000,000
-in 31 s / 28 s vs 92 s; mean cosine distance within 0.7 % of scikit-learn's.
+Measured in one run of ``benchmarks/kmeans.py`` (``benchmarks/results/kmeans.txt``)
+on the shared 2-core box at load 8-10, CIFAR-10 3×3×3 patches, 25 Lloyd
+iterations: the whole ``hgm cluster`` command took 0.87× the wall time of a
+plain script that loads the batches, samples, normalises and runs
+``faiss.Kmeans(spherical=True)`` (random init, no subsampling) at 300k patches,
+k = 256, and 0.40× at 2M, k = 1024, where seeding (k-means|| on 262,144 points)
+was 5 % of the command; the objective was 0.09 % below greedy k-means++ on
+every point in both; k-means alone worked in 31 MB beside the 206 MB of 2M
+patches. Most of the speed comes from running the CPU passes on single-threaded
+worker threads (``Points._run``): on the busy box torch's two OpenMP threads
+lose 2-4× at their barriers, and FAISS's search, with its own OpenMP and
+OpenBLAS threads, ran 1.5× slower than these workers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,14 +78,31 @@ from .progress import no_progress
 # 5e-6, an angle of 0.18°; measured noise ≤ 1.7e-6 for d ≤ 4608).
 DUPLICATE_D2 = 1e-5
 
-# Largest temporary of a Lloyd chunk, in 4-byte floats (~256 MB).
-_CHUNK_FLOATS = 1 << 26
+# init "auto": greedy k-means++ on every point up to this N·k, k-means|| above. The
+# greedy seeding costs k·(2 + ln k) matrix-vector passes (memory-bound, ~4 GFLOP/s on
+# the 2-core box): at N·k = 2^23 and d = 27 about a second; every synthetic, digits and
+# smoke config is below 2e6, where exact recovery needs every distinct patch seeded.
+AUTO_GREEDY_MAX_NK = 1 << 23
+PARALLEL_ROUNDS = 5  # k-means|| sampling rounds (Bahmani et al.: 5 suffice in practice)
+OVERSAMPLING = 2.0  # k-means|| expected candidates per round, in units of k (ℓ = 2k)
+# Points the seeding looks at, per centroid (a uniform subsample when N is larger);
+# None: every point. FAISS trains on 256 per centroid by default.
+SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
+
+# Per chunk the torch search holds a (chunk, k) float32 similarity block: 4 MB per CPU
+# worker (a pass over 1M x 27 points, k = 1024, took 4.5 / 3.8 / 3.6 / 4.1 s with 2 / 4 /
+# 8 / 16 MB blocks on two workers, shared 2-core box at load 10: 4 MB, for a working
+# memory below 20 % of 2M patches); 256 MB on a GPU keeps its kernels long.
+_CHUNK_FLOATS = {"cpu": 1 << 20, "cuda": 1 << 26}
+_FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
 # matrix-vector product and the running-min/sum updates.
 _SEED_CHUNK = 1 << 20
-
-INITS = ("kmeans++", "random")
-BACKENDS = ("auto", "faiss", "torch")
+# Greedy k-means++ with n·trials below this runs on one CPU thread (above, on all of
+# them): each of its ~15 ops per step then takes well under a millisecond, and two
+# threads only add barriers. Everything else outside the passes runs on one thread too.
+_SMALL_SEEDING = 1 << 22
+_RESIDENT_FRACTION = 0.5  # CUDA: copy the points to the device when they take at most this much of its free memory
 
 
 @dataclass
@@ -70,69 +113,11 @@ class KMeansResult:
     stats: dict = field(default_factory=dict)  # JSON-able: backend, device, timings, ...
 
 
-# ---------------------------------------------------------------- backends
-
-
-def _faiss():
-    """The faiss module, or None when it is not installed (GPU machines have none)."""
-    try:
-        import faiss
-    except Exception:  # ImportError, or a wheel that fails to load (CPU flags, numpy ABI): absent
-        return None
-    return faiss
-
-
-def available_backends() -> list[str]:
-    return ["faiss", "torch"] if _faiss() is not None else ["torch"]
-
-
-def faiss_has_gpu() -> bool:
-    faiss = _faiss()
-    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+# ---------------------------------------------------------------- torch.distributed
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def pick_backend(backend: str, device: torch.device) -> str:
-    """``auto``: faiss when importable and it can run on ``device`` (CPU, or a
-    faiss-gpu build), and not under torch.distributed; else torch. An explicit
-    ``faiss`` with a CUDA device but a CPU-only faiss runs on the CPU (stats say so)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown k-means backend {backend!r}; expected auto, faiss or torch")
-    if backend == "torch":
-        return "torch"
-    if backend == "faiss":
-        if "faiss" not in available_backends():
-            raise HgmError(
-                "k-means backend 'faiss' is not installed: pip install faiss-cpu "
-                "(or a faiss-gpu build), or use backend 'torch'"
-            )
-        if _distributed():
-            raise ConfigError("k-means backend 'faiss' does not run under torch.distributed; use backend 'torch'")
-        return "faiss"
-    usable = "faiss" in available_backends() and (device.type == "cpu" or faiss_has_gpu())
-    return "faiss" if usable and not _distributed() else "torch"
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def normalize_rows(x: np.ndarray | torch.Tensor, center: bool = False, eps: float = 1e-12):
-    """Optionally subtract each row's mean, then scale each row to unit L2 norm.
-
-    x: (N, d) array or tensor; returns the same kind, float32 for numpy input.
-    Rows of norm below ``eps`` (all-zero rows) stay zero: they have no direction.
-    """
-    if isinstance(x, torch.Tensor):
-        if center:
-            x = x - x.mean(dim=1, keepdim=True)
-        return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
-    x = np.asarray(x, dtype=np.float32)
-    if center:
-        x = x - x.mean(axis=1, keepdims=True)
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)).astype(np.float32, copy=False)
 
 
 def shard_for_rank(n: int) -> slice:
@@ -144,29 +129,12 @@ def shard_for_rank(n: int) -> slice:
     return slice(rank * n // world, (rank + 1) * n // world)
 
 
-def _default_chunk(k: int, d: int) -> int:
-    # Per point a chunk holds k float32 similarities and d float64 values for the sums.
-    return max(1, _CHUNK_FLOATS // (k + 2 * d))
-
-
-@contextlib.contextmanager
-def _full_fp32_matmul():
-    """Duplicate detection needs IEEE float32 inner products: TF32 (if a caller
-    enabled it for training) has ~1e-3 error, which would hide D² = 0."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 class _Comm:
-    """The few collectives we need; no-ops in a single process. Tensors stay on
-    the data's device (gloo on CPU, NCCL on CUDA)."""
+    """The few collectives we need; no-ops in a single process (or when
+    ``local``). Tensors stay on the data's device (gloo on CPU, NCCL on CUDA)."""
 
-    def __init__(self):
-        self.on = _distributed()
+    def __init__(self, local: bool = False):
+        self.on = _distributed() and not local
         self.rank = dist.get_rank() if self.on else 0
         self.world = dist.get_world_size() if self.on else 1
 
@@ -183,17 +151,514 @@ class _Comm:
         dist.all_gather(out, t.contiguous())
         return torch.stack(out)
 
+    def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's t (lengths may differ), concatenated in rank order."""
+        if not self.on:
+            return t
+        sizes = self.all_gather(torch.tensor([len(t)], device=t.device)).flatten().tolist()
+        padded = t.new_zeros(max(sizes), *t.shape[1:])
+        padded[: len(t)] = t
+        every = self.all_gather(padded)
+        return torch.cat([every[r, : sizes[r]] for r in range(self.world)])
+
     def broadcast_(self, t: torch.Tensor, src: int) -> torch.Tensor:
         if self.on:
             dist.broadcast(t, src=src)
         return t
 
 
-def _gather_rows(x: torch.Tensor, offset: int, n: int, idx: torch.Tensor, comm: _Comm) -> torch.Tensor:
-    """Rows ``idx`` (global, (m,) int64 on CPU) of the sharded x, on every rank: (m, d)."""
-    mine = (idx >= offset) & (idx < offset + n)
-    out = torch.zeros(len(idx), x.shape[1], dtype=x.dtype, device=x.device)
-    out[mine.to(x.device)] = x[(idx[mine] - offset).to(x.device)]
+# ---------------------------------------------------------------- backends: one pass over the points
+
+_WORKER = threading.local()  # .pinned: this pool thread already runs torch on one thread
+Searcher = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (m, d) chunk -> sims (m,), labels (m,)
+
+
+class Points:
+    """A k-means backend: this rank's points, and one pass over them.
+
+    A backend supplies ``searcher`` (nearest centroid by inner product, one
+    chunk at a time); the passes built on it — ``search`` for the seeding,
+    ``assign_to`` (assign + accumulate) for one Lloyd step — and the chunk
+    iteration are shared. Adding a backend is a subclass and an entry in
+    ``KMEANS_BACKENDS``.
+
+    x: (n, d) float32 tensor, rows of unit L2 norm or zero, in host memory (or
+    already on ``device``). Every array a pass returns lives on ``self.device``.
+    ``subset`` views some of the rows without copying them.
+    """
+
+    def __init__(self, x: torch.Tensor, device: torch.device, chunk_size: int, stream: bool | None = None):
+        self.x = x
+        self.device = device
+        self.chunk = chunk_size
+        self.streamed = False
+        self.index: torch.Tensor | None = None  # (m,) int64 rows of x on x.device, when a subset
+        self._nonzero: torch.Tensor | None = None
+        self.threads = torch.get_num_threads()  # CPU threads a pass may use (``workers``)
+        self._local = threading.local()  # per-thread scratch (``workspace``); shared with subsets
+        self._pools: dict[int, ThreadPoolExecutor] = {}  # CPU workers by count; shared with subsets
+
+    parallel = True  # passes may run on several CPU threads (``_run``); False: the backend parallelises itself
+
+    # -- what a backend overrides
+
+    @classmethod
+    def check(cls, device: torch.device) -> None:
+        """Raise an HgmError when this backend cannot run here (asked for by name)."""
+
+    @classmethod
+    def auto(cls, device: torch.device) -> bool:
+        """Whether backend "auto" may pick this one on ``device`` (first in registry order wins)."""
+        return True
+
+    @classmethod
+    def default_chunk(cls, k: int, d: int, device: torch.device) -> int:
+        """Points per chunk when searching k centroids."""
+        return max(1, _CHUNK_FLOATS.get(device.type, _CHUNK_FLOATS["cuda"]) // (k + 2 * d))
+
+    def searcher(self, centroids: torch.Tensor) -> Searcher:
+        """For (k, d) centroids on ``self.device``, a function mapping a chunk
+        (m, d) to (sims (m,) float32, labels (m,) int64): the largest inner
+        product and its centroid (first index on ties)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where it computes, for ``stats["device"]``."""
+        return str(self.device)
+
+    # -- shared
+
+    def __len__(self) -> int:
+        return len(self.x) if self.index is None else len(self.index)
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+    def subset(self, index: torch.Tensor, chunk_size: int) -> Points:
+        """The same backend over rows ``index`` ((m,) int64, sorted) of these points, sharing their memory."""
+        other = copy.copy(self)
+        index = index.to(self.x.device)
+        other.index = index if self.index is None else self.index[index]
+        other.chunk, other._nonzero = chunk_size, None
+        return other
+
+    def _host_rows(self, start: int, end: int) -> torch.Tensor:
+        """Rows start:end, where x lives (a view, or a gathered copy for a subset)."""
+        return self.x[start:end] if self.index is None else self.x[self.index[start:end]]
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, rows start:start+m on ``self.device``); a chunk is valid until the next one."""
+        size = size or self.chunk
+        for start in range(0, len(self), size):
+            yield start, self._host_rows(start, start + size).to(self.device)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` ((m,) int64, local) on ``self.device``: (m, d)."""
+        idx = idx.to(self.x.device)
+        return self.x[idx if self.index is None else self.index[idx]].to(self.device)
+
+    def workers(self) -> int:
+        """Threads a pass runs on: on the CPU, torch's thread count when the points
+        were made, each worker running torch single-threaded on every workers-th
+        chunk (``_run``)."""
+        return self.threads if self.device.type == "cpu" and self.parallel and not self.streamed else 1
+
+    def _run(self, work: Callable[[int, torch.Tensor, int], None]) -> None:
+        """Call work(start, chunk, worker) for every chunk, chunk i on worker
+        i % workers. Several CPU workers are threads of a pool kept until
+        ``close``, each running torch with one thread (torch releases the GIL):
+        measured on the shared 2-core box at load 10, a Lloyd pass over 1M x 27
+        points, k = 1024, took 4-6 s this way against 11-21 s with torch's own
+        two OpenMP threads, whose barrier at the end of every op waits for a
+        descheduled thread."""
+        workers = self.workers()
+        if workers == 1:
+            for start, xc in self.chunks():
+                work(start, xc, 0)
+            return
+        starts = range(0, len(self), self.chunk)
+
+        def run(w: int) -> None:
+            if not getattr(_WORKER, "pinned", False):  # this pool thread computes single-threaded
+                torch.set_num_threads(1)
+                _WORKER.pinned = True
+            for start in starts[w::workers]:
+                work(start, self._host_rows(start, start + self.chunk), w)
+
+        if workers not in self._pools:
+            self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="hgm-kmeans")
+        with _threads(1):
+            for future in [self._pools[workers].submit(run, w) for w in range(workers)]:
+                future.result()  # re-raises a worker's exception here
+
+    def close(self) -> None:
+        """Stop the worker threads (a later pass starts new ones)."""
+        for pool in self._pools.values():
+            pool.shutdown()
+        self._pools.clear()
+
+    def workspace(self, numel: int) -> torch.Tensor:
+        """This thread's scratch block of at least numel float32 on ``self.device``,
+        kept between chunks and passes: glibc keeps what worker threads free of
+        multi-MB temporaries (measured: +145 MB of RSS for 8 MB blocks allocated
+        afresh per chunk on two threads, +27 MB with one block kept per thread)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.numel() < numel:
+            buf = self._local.buf = torch.empty(numel, dtype=torch.float32, device=self.device)
+        return buf
+
+    def nonzero(self) -> torch.Tensor:
+        """(n,) bool: rows that are not all zero (zero rows have no direction)."""
+        if self._nonzero is None:
+            nonzero = torch.empty(len(self), dtype=torch.bool, device=self.device)
+
+            def work(start, xc, _):
+                nonzero[start : start + len(xc)] = (xc != 0).any(dim=1)
+
+            self._run(work)
+            self._nonzero = nonzero
+        return self._nonzero
+
+    def search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: (sims (n,) float32, labels (n,) int64) of the nearest centroid."""
+        n = len(self)
+        sims = torch.empty(n, dtype=torch.float32, device=self.device)
+        labels = torch.empty(n, dtype=torch.int64, device=self.device)
+        search = self.searcher(centroids)
+
+        def work(start, xc, _):
+            sims[start : start + len(xc)], labels[start : start + len(xc)] = search(xc)
+
+        self._run(work)
+        return sims, labels
+
+    def assign_to(self, centroids: torch.Tensor, labels: torch.Tensor):
+        """One Lloyd pass: assign every point to its nearest centroid, writing
+        ``labels`` ((n,) int16 or int32) in place, and sum the members per
+        cluster. Returns (sums (k, d) float64, counts (k,) int64, Σ similarity
+        (float64 tensor), how many labels changed). Float64 sums make the result
+        independent of chunking (and ``index_put_(accumulate=True)`` is
+        deterministic on CUDA)."""
+        k, d = centroids.shape
+        # One accumulator per worker, added in worker order: deterministic for a thread count.
+        acc = [(torch.zeros(k, d, dtype=torch.float64, device=self.device),  # sums
+                torch.zeros(k, dtype=torch.int64, device=self.device),  # counts
+                torch.zeros(2, dtype=torch.float64, device=self.device))  # Σ sim, changed
+               for _ in range(self.workers())]
+        search = self.searcher(centroids)
+
+        def work(start, xc, w):
+            sums, counts, scalars = acc[w]
+            s, lab = search(xc)
+            end = start + len(xc)
+            scalars[0] += s.sum(dtype=torch.float64)
+            scalars[1] += (lab != labels[start:end]).sum()
+            labels[start:end] = lab
+            sums.index_put_((lab,), xc.double(), accumulate=True)  # 2x faster than index_add_ here
+            counts += torch.bincount(lab, minlength=k)
+
+        self._run(work)
+        sums, counts, scalars = (sum(parts[1:], parts[0]) for parts in zip(*acc))
+        return sums, counts, scalars[0], int(scalars[1])
+
+
+class TorchPoints(Points):
+    """Matrix product + max in torch, on CPU or CUDA.
+
+    On CUDA, points in host memory are copied to the device once when they take
+    at most half its free memory; otherwise (or with ``stream=True``, which
+    also works on the CPU, for tests) every pass streams them in chunks through
+    two pinned host buffers, copying chunk i+1 on a side stream while chunk i
+    is computed. Device memory then holds two chunks and the points' labels."""
+
+    def __init__(self, x, device, chunk_size, stream=None):
+        super().__init__(x, device, chunk_size)
+        if stream is None and x.device != device:
+            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
+            stream = x.numel() * x.element_size() > _RESIDENT_FRACTION * free
+        if not stream and x.device != device:
+            self.x = x.to(device)
+        self.streamed = bool(stream)
+
+    def searcher(self, centroids):
+        ct = centroids.to(self.device, torch.float32).T  # (d, k)
+        k = ct.shape[1]
+
+        def search(xc):
+            if self.device.type == "cuda":  # the caching allocator reuses the block
+                return (xc @ ct).max(dim=1)
+            sims = torch.mm(xc, ct, out=self.workspace(len(xc) * k)[: len(xc) * k].view(len(xc), k))  # (m, k)
+            return sims.max(dim=1)  # (m,) each; first index on ties
+
+        return search
+
+    def describe(self):
+        return str(self.device) + (" (streamed from host)" if self.streamed else "")
+
+    def chunks(self, size=None):
+        if not self.streamed:
+            yield from super().chunks(size)
+            return
+        size = size or self.chunk
+        n, d = len(self), self.d
+        cuda = self.device.type == "cuda"
+        host = [torch.empty(min(size, n), d, pin_memory=cuda) for _ in range(2)]  # staging, pinned on CUDA
+        buf = [torch.empty(min(size, n), d, device=self.device) for _ in range(2)]
+        if cuda:
+            compute, copier = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+            copied = [torch.cuda.Event() for _ in range(2)]  # recorded after a chunk reached buf[slot]
+            freed = [torch.cuda.Event() for _ in range(2)]  # recorded after the compute on buf[slot]
+        starts = range(0, n, size)
+
+        def issue(i: int) -> tuple[int, int, int]:
+            slot, start = i % 2, starts[i]
+            m = min(size, n - start)
+            if cuda:
+                copied[slot].synchronize()  # host[slot]'s previous copy has left it (unrecorded: no-op)
+            if self.index is None:
+                host[slot][:m].copy_(self.x[start : start + m])
+            else:
+                torch.index_select(self.x, 0, self.index[start : start + m], out=host[slot][:m])
+            if cuda:
+                with torch.cuda.stream(copier):
+                    copier.wait_event(freed[slot])  # the compute on buf[slot]'s previous chunk is done
+                    buf[slot][:m].copy_(host[slot][:m], non_blocking=True)
+                    copied[slot].record(copier)
+            else:
+                buf[slot][:m].copy_(host[slot][:m])
+            return slot, start, m
+
+        pending = issue(0) if len(starts) else None
+        for i in range(len(starts)):
+            slot, start, m = pending
+            if i + 1 < len(starts):
+                pending = issue(i + 1)  # its host copy overlaps the device's work on chunk i
+            if cuda:
+                compute.wait_event(copied[slot])
+            yield start, buf[slot][:m]
+            if cuda:
+                freed[slot].record(compute)
+
+
+def _faiss():
+    """The faiss module, or None when it is not installed (GPU machines have none)."""
+    try:
+        import faiss
+    except Exception:  # ImportError, or a wheel that fails to load (CPU flags, numpy ABI): absent
+        return None
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    faiss = _faiss()
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class FaissPoints(Points):
+    """``IndexFlatIP`` searches (BLAS + a top-1 heap) on host memory; on a CUDA
+    device with a faiss-gpu build, ``GpuIndexFlatIP`` (FAISS copies the chunks).
+    A CUDA device without faiss-gpu runs on the CPU (``stats["device"]`` says so)."""
+
+    parallel = False  # FAISS runs its own OpenMP threads
+
+    def __init__(self, x, device, chunk_size, stream=None):
+        self.gpu = device.type == "cuda" and faiss_has_gpu()
+        super().__init__(x.cpu(), torch.device("cpu"), chunk_size)
+        self._res = _faiss().StandardGpuResources() if self.gpu else None
+
+    @classmethod
+    def check(cls, device):
+        if _faiss() is None:
+            raise HgmError(
+                "k-means backend 'faiss' is not installed: pip install faiss-cpu "
+                "(or a faiss-gpu build), or use backend 'torch'"
+            )
+        if _distributed():
+            raise ConfigError("k-means backend 'faiss' does not run under torch.distributed; use backend 'torch'")
+
+    @classmethod
+    def auto(cls, device):
+        return _faiss() is not None and not _distributed() and (device.type == "cpu" or faiss_has_gpu())
+
+    @classmethod
+    def default_chunk(cls, k, d, device):
+        return _FAISS_CHUNK
+
+    def describe(self):
+        return "cuda (faiss-gpu)" if self.gpu else "cpu"
+
+    def searcher(self, centroids):
+        faiss = _faiss()
+        c = np.ascontiguousarray(centroids.cpu().numpy(), dtype=np.float32)
+        index = faiss.GpuIndexFlatIP(self._res, c.shape[1]) if self.gpu else faiss.IndexFlatIP(c.shape[1])
+        index.add(c)
+
+        def search(xc):
+            sims, labels = index.search(xc.numpy(), 1)  # (m, 1) each
+            return torch.from_numpy(sims[:, 0]), torch.from_numpy(labels[:, 0])
+
+        return search
+
+
+# Registry order is "auto"'s preference. torch first: on the 2-core box its matmul + max
+# in 8 MB blocks costs 1.6 ns of CPU time per (point, centroid) pair against 2.9-4.2 ns
+# for FAISS's IndexFlatIP (300k x 27, k = 256 to 512, OMP_WAIT_POLICY=PASSIVE), and FAISS
+# brings a second OpenMP runtime and OpenBLAS whose threads fight torch's for 2 cores.
+KMEANS_BACKENDS: dict[str, type[Points]] = {"torch": TorchPoints, "faiss": FaissPoints}
+BACKENDS = ("auto", *KMEANS_BACKENDS)  # the choices of ClusterConfig.backend
+
+
+def available_backends() -> list[str]:
+    """Registered backends that can run in this environment."""
+    usable = []
+    for name, cls in KMEANS_BACKENDS.items():
+        try:
+            cls.check(torch.device("cpu"))
+        except HgmError:
+            continue
+        usable.append(name)
+    return usable
+
+
+def _choices(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    """``auto``: the first registered backend whose ``auto(device)`` holds (torch,
+    which runs everywhere). A named one must pass its ``check``."""
+    if backend != "auto" and backend not in KMEANS_BACKENDS:
+        raise ConfigError(f"unknown k-means backend {backend!r}; expected {_choices(['auto', *KMEANS_BACKENDS])}")
+    if backend == "auto":
+        return next(name for name, cls in KMEANS_BACKENDS.items() if cls.auto(device))
+    KMEANS_BACKENDS[backend].check(device)
+    return backend
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def normalize_rows(x: np.ndarray | torch.Tensor, center: bool = False, eps: float = 1e-12, inplace: bool = False):
+    """Optionally subtract each row's mean, then scale each row to unit L2 norm.
+
+    x: (N, d) array or tensor; returns the same kind, float32 for numpy input.
+    Rows of norm below ``eps`` (all-zero rows) stay zero: they have no direction.
+    ``inplace`` (float32 numpy input): overwrite x instead of allocating a copy.
+    Numpy input is processed in blocks of rows, so the temporaries stay small.
+    """
+    if isinstance(x, torch.Tensor):
+        if center:
+            x = x - x.mean(dim=1, keepdim=True)
+        return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+    if inplace and (not isinstance(x, np.ndarray) or x.dtype != np.float32):
+        raise TypeError("normalize_rows(inplace=True) needs a float32 numpy array")
+    out = x if inplace else np.empty(np.shape(x), dtype=np.float32)
+    for start in range(0, len(x), 1 << 16):
+        block = np.asarray(x[start : start + (1 << 16)], dtype=np.float32)
+        if center:
+            block = block - block.mean(axis=1, keepdims=True)
+        out[start : start + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), eps)
+    return out
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    """Duplicate detection needs IEEE float32 inner products: TF32 (if a caller
+    enabled it for training) has ~1e-3 error, which would hide D² = 0."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check_rows(x: torch.Tensor) -> tuple[bool, bool]:
+    """(every value finite, every row of unit L2 norm or zero), in blocks of 4096 rows.
+    Float64 norms: inf or NaN anywhere in a row makes its norm inf or NaN, and no
+    finite float32 overflows."""
+    unit = True
+    for start in range(0, len(x), 4096):
+        norm = torch.linalg.vector_norm(x[start : start + 4096], dim=1, dtype=torch.float64)  # (4096,)
+        if not bool(torch.isfinite(norm).all()):
+            return False, False
+        unit = unit and bool((((norm - 1).abs() <= 5e-6) | (norm == 0)).all())
+    return True, unit
+
+
+def _prepare(x, k: int, comm: _Comm, device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """Validate x (the same verdict on every rank) and return its rows as a
+    float32 tensor of unit (or zero) rows — x itself, without a copy, when it
+    is a float32 array whose rows are unit already — with this rank's offset
+    and the total number of points. One pass in blocks: no N×d temporaries."""
+    if x.ndim != 2:
+        raise DataError(f"patches must be a 2-D array (N, d), got shape {tuple(x.shape)}")
+    xt = torch.as_tensor(x)
+    if xt.dtype != torch.float32 or not xt.is_contiguous():
+        xt = xt.to(torch.float32).contiguous()
+    with _threads(1):  # memory-bound: one thread, no barriers
+        finite, unit = _check_rows(xt)
+    info = torch.tensor([len(xt), 0 if finite else 1], device=device)
+    every = comm.all_gather(info).cpu()  # (world, 2)
+    sizes = every[:, 0].tolist()
+    n_total = sum(sizes)
+    if n_total == 0:
+        raise DataError("no patches to cluster (N = 0)")
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if k > n_total:
+        raise DataError(f"k={k} is larger than the number of patches ({n_total})")
+    if every[:, 1].any():
+        raise DataError("patches contain NaN or inf values")
+    if not unit:
+        xt = normalize_rows(xt)  # a copy: the caller's rows were not unit
+    return xt, sum(sizes[: comm.rank]), n_total
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch on n CPU threads inside the block. Small sequential work runs on one: with
+    two, every op ends at a barrier that costs a scheduler time slice when the machine is
+    busy (measured: the greedy k-means++ on 10k k-means|| candidates, k = 1024, took 100 s
+    on two threads and 6 s on one, on the shared 2-core box at load 10)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
+    """Global start of every rank's shard, and the total number of points."""
+    sizes = comm.all_gather(torch.tensor([n_local], device=device)).flatten().cpu().tolist()
+    return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
+
+
+def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator, sparse: bool = False):
+    """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
+    (without replacement, seeded, the same on every rank) of m < n_total points.
+    ``sparse``: in O(m) memory — draws with replacement until m distinct, then m of
+    those at random (uniform by symmetry) — instead of a permutation of all n_total
+    (24 bytes a point with its sort: 48 MB at 2M points)."""
+    if not sparse:
+        keep = torch.sort(torch.randperm(n_total, generator=generator)[:m]).values  # global, sorted
+    else:
+        keep = np.zeros(0, dtype=np.int64)
+        while len(keep) < m:  # np.unique: torch.unique took 0.9 s for 65k of 100k on 2 busy cores
+            more = torch.randint(n_total, (m - len(keep) + m // 8 + 1,), generator=generator).numpy()
+            keep = np.unique(np.concatenate([keep, more]))
+        keep = torch.from_numpy(np.sort(keep[torch.randperm(len(keep), generator=generator)[:m].numpy()]))
+    return keep[(keep >= offset) & (keep < offset + n_local)] - offset
+
+
+def _gather_rows(points: Points, offset: int, idx: torch.Tensor, comm: _Comm) -> torch.Tensor:
+    """Rows ``idx`` (global, (m,) int64 on CPU) of the sharded points, on every rank: (m, d)."""
+    mine = (idx >= offset) & (idx < offset + len(points))
+    out = torch.zeros(len(idx), points.d, dtype=torch.float32, device=points.device)
+    out[mine.to(points.device)] = points.rows(idx[mine] - offset)
     return comm.all_reduce_(out)  # each row is owned by exactly one rank: a sum of zeros and it
 
 
@@ -245,59 +710,108 @@ def _draw(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Ge
     return rank, j * chunk + i  # w[i] > 0: cum[i] > target ≥ cum[i - 1]
 
 
-def _kmeanspp(x, k, generator, chunk, comm, offsets, progress, trials: int = 1):
-    """k-means++ on this rank's shard x (n, d) of unit rows; ``offsets`` (world,)
-    are the shards' global starts. Returns the global indices (k,) int64 (CPU)
-    and the centers (k, d) float32 on x.device, identical on every rank.
+def _draw_batch(w: torch.Tensor, totals: torch.Tensor, chunk: int, generator: torch.Generator, count: int):
+    """In one process, ``count`` draws ∝ w, each the point ``_draw`` would choose
+    with the same uniform number (drawn in the same order), locating them with one
+    cumulative sum per chunk instead of one per draw. Returns the local indices, or
+    None, drawing nothing, when every weight is 0 (the caller falls back to ``_draw``)."""
+    total = float(totals.sum())
+    if total <= 0:
+        return None
+    chunk_totals = totals.cpu().tolist()
+    located = []  # (chunk j, target within it) per draw
+    for _ in range(count):
+        u = float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device))
+        located.append(_locate(chunk_totals, _locate([total], u * total)[1]))
+    out = [0] * count
+    for j in sorted({j for j, _ in located}):
+        mine = [q for q, (jq, _) in enumerate(located) if jq == j]
+        part = w[j * chunk : (j + 1) * chunk]
+        cum = torch.cumsum(part, 0, dtype=torch.float64)
+        targets = torch.tensor([located[q][1] for q in mine], dtype=torch.float64, device=cum.device)
+        found = torch.searchsorted(cum, targets, right=True).tolist()
+        last = None
+        for q, i in zip(mine, found):
+            if i >= len(cum):  # rounding: the chunk's last positive weight, as in _draw
+                last = int(torch.nonzero(part > 0)[-1]) if last is None else last
+                i = last
+            out[q] = j * chunk + i
+    return out
+
+
+def _kmeanspp(points: Points, k, generator, comm, offsets, progress, trials: int = 1, weights=None,
+              chunk: int = _SEED_CHUNK):
+    """k-means++ on this rank's shard of unit rows; ``offsets`` (world,) are
+    the shards' global starts. Returns the global indices (k,) int64 (CPU)
+    and the centers (k, d) float32 on points.device, identical on every rank.
 
     ``trials`` > 1 is the greedy variant (Arthur & Vassilvitskii's experiments,
     scikit-learn's default with 2 + ln k): draw that many candidates ∝ D² and
     keep the one that lowers the potential Σ D² most. 1 is appendix B's plain
-    D² sampling. Per center: one pass over x per candidate batch (memory-bound)
-    that updates the running D² and its chunk sums while the chunk is in cache."""
-    n, d = x.shape
-    nonzero = (x != 0).any(dim=1)
-    # Running D² per point; all-zero rows have no direction and weigh 0 throughout.
-    dmin = torch.where(nonzero, torch.inf, 0.0).to(torch.float32)  # (n,)
-    totals = torch.zeros(-(-n // chunk), dtype=torch.float64, device=x.device)  # D² sums per chunk
-    chosen = torch.zeros(n, dtype=torch.bool, device=x.device)
-    centers = torch.empty(k, d, dtype=x.dtype, device=x.device)
+    D² sampling. ``weights`` ((n,) float32, optional): every point counts that
+    many times (the first center ∝ w, then ∝ w·D², potential Σ w·D²). Per
+    center: one pass over the points per candidate batch (memory-bound) that
+    updates the running D² and its chunk sums while the chunk is in cache; the
+    candidates' D² columns are kept meanwhile (n·trials floats)."""
+    n, d, dev = len(points), points.d, points.device
+    threads = 1 if n * trials <= _SMALL_SEEDING else points.threads
+    if dev.type == "cpu" and torch.get_num_threads() != threads:
+        with _threads(threads):
+            return _kmeanspp(points, k, generator, comm, offsets, progress, trials, weights, chunk)
+    nonzero = points.nonzero()
+    live = nonzero if weights is None else nonzero & (weights > 0)
+    # Running D² per point; all-zero (and weightless) rows weigh 0 throughout.
+    dmin = torch.where(live, torch.inf, 0.0).to(dtype=torch.float32, device=dev)  # (n,)
+    score = dmin if weights is None else torch.zeros(n, device=dev)  # w·D², what draws are ∝ to
+    totals = torch.zeros(-(-n // chunk), dtype=torch.float64, device=dev)  # score sums per chunk
+    chosen = torch.zeros(n, dtype=torch.bool, device=dev)
+    centers = torch.empty(k, d, dtype=torch.float32, device=dev)
     indices = torch.empty(k, dtype=torch.int64)
     report_every = max(1, k // 100)
 
     def fetch(pick) -> tuple[torch.Tensor, int]:
         """The owner sends the point and its global index (float64 holds both exactly)."""
         rank, local = pick
-        msg = torch.zeros(d + 1, dtype=torch.float64, device=x.device)
+        msg = torch.zeros(d + 1, dtype=torch.float64, device=dev)
         if rank == comm.rank:
-            msg[:d], msg[d] = x[local], offsets[rank] + local
+            msg[:d], msg[d] = points.rows(torch.tensor([local]))[0], offsets[rank] + local
         comm.broadcast_(msg, src=rank)
-        return msg[:d].to(x.dtype), int(msg[d])
+        return msg[:d].to(torch.float32), int(msg[d])
 
     def d2_of(xc: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         d2 = (xc @ cands.T).mul_(-2.0).add_(2.0)  # (chunk, L) ‖x − c‖² for unit x, c
         return d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)  # duplicates of c: exactly 0
 
     for i in range(k):
-        # First center uniform (weights 1), then ∝ D²; uniform among the points not
-        # chosen yet once every D² is 0 (fewer distinct points than k).
+        # First center ∝ w (uniform over the non-zero rows), then ∝ w·D²; uniform among
+        # the points not chosen yet once every D² is 0 (fewer distinct points than k).
         n_draws = 1 if i == 0 else trials
-        picks = []
-        for _ in range(n_draws):
-            pick = None if i == 0 else _draw(dmin, totals, chunk, generator, comm)
-            if pick is None:
-                w = nonzero.to(torch.float32) if i == 0 else (~chosen).to(torch.float32)
-                pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
-            picks.append(fetch(pick))
+        local_picks = None if i == 0 or comm.on else _draw_batch(score, totals, chunk, generator, n_draws)
+        if local_picks is not None:  # one process: the same draws, one cumulative sum per step
+            picks = list(zip(points.rows(torch.tensor(local_picks)), local_picks))
+        else:
+            picks = []
+            for _ in range(n_draws):
+                pick = None if i == 0 else _draw(score, totals, chunk, generator, comm)
+                if pick is None:
+                    if i == 0:
+                        w = nonzero.to(torch.float32) if weights is None else weights * live
+                    else:
+                        w = (~chosen).to(torch.float32)
+                    pick = _draw(w, _chunk_totals(w, chunk), chunk, generator, comm)
+                picks.append(fetch(pick))
         cands = torch.stack([c for c, _ in picks])  # (L, d)
         # One pass: D² of every point to every candidate, kept per chunk (N·L floats) so the
         # chosen candidate's column updates the running D² without a second pass.
-        d2s = [d2_of(x[start : start + chunk], cands) for start in range(0, n, chunk)]
+        d2s = [d2_of(xc, cands) for _, xc in points.chunks(chunk)]
         best = 0
         if len(picks) > 1:  # greedy: the candidate with the lowest potential after adding it
-            pot = torch.zeros(len(picks), dtype=torch.float64, device=x.device)
+            pot = torch.zeros(len(picks), dtype=torch.float64, device=dev)
             for j, start in enumerate(range(0, n, chunk)):
-                pot += torch.minimum(dmin[start : start + chunk, None], d2s[j]).sum(0, dtype=torch.float64)
+                m = torch.minimum(dmin[start : start + chunk, None], d2s[j])
+                if weights is not None:
+                    m = m * weights[start : start + chunk, None]
+                pot += m.sum(0, dtype=torch.float64)
             comm.all_reduce_(pot)
             best = int(torch.argmin(pot))  # first on ties: the same on every rank
         c, gidx = cands[best], picks[best][1]
@@ -309,80 +823,151 @@ def _kmeanspp(x, k, generator, chunk, comm, offsets, progress, trials: int = 1):
         for j, start in enumerate(range(0, n, chunk)):
             dm = dmin[start : start + chunk]
             torch.minimum(dm, d2s[j][:, best], out=dm)
-            totals[j] = dm.sum(dtype=torch.float64)
+            if weights is not None:
+                torch.mul(dm, weights[start : start + chunk], out=score[start : start + chunk])
+            totals[j] = score[start : start + chunk].sum(dtype=torch.float64)
         if (i + 1) % report_every == 0 or i + 1 == k:
             progress("k-means++", i + 1, k)
     return indices, centers
 
 
-def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
-    """Global start of every rank's shard, and the total number of points."""
-    sizes = comm.all_gather(torch.tensor([n_local], device=device)).flatten().cpu().tolist()
-    return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
+def seed_kmeanspp(points, k, *, generator, comm, offsets, n_total, trials, progress):
+    """Greedy (or, with trials = 1, plain) k-means++ on every given point."""
+    idx, centers = _kmeanspp(points, k, generator, comm, offsets, progress, trials)
+    return idx, centers, {"seed_trials": trials}
+
+
+def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials, progress,
+                         rounds: int = PARALLEL_ROUNDS, oversampling: float = OVERSAMPLING):
+    """k-means|| (Bahmani et al. 2012, Algorithm 2), then greedy k-means++ on the candidates.
+
+    A first candidate uniformly among the non-zero rows; then ``rounds`` rounds,
+    each one ``points.search`` pass over the newest candidates that updates every
+    point's D² and nearest candidate, after which every point joins the
+    candidates independently with probability min(1, ℓ·D²/Σ D²), ℓ =
+    ``oversampling``·k (≈ 1 + rounds·ℓ candidates; more rounds while fewer than k).
+    The uniform numbers are drawn for all n_total points from ``generator``, so
+    the candidates do not depend on how the points are sharded. Each candidate
+    is weighted by the points nearest to it, and the weighted greedy k-means++
+    (every rank the same, on the gathered candidates) picks the k centers.
+    Returns (global indices (k,) int64, centers (k, d), info)."""
+    n, dev, offset = len(points), points.device, offsets[comm.rank]
+    ell = oversampling * k
+    nonzero = points.nonzero()
+    dmin = torch.where(nonzero, torch.inf, 0.0).to(dtype=torch.float32, device=dev)  # (n,) running D²
+    near = torch.zeros(n, dtype=torch.int32, device=dev)  # (n,) its nearest candidate
+    w = nonzero.to(torch.float32)
+    first = _draw(w, _chunk_totals(w, _SEED_CHUNK), _SEED_CHUNK, generator, comm)
+    if first is None:  # every row is zero: nothing to sample ∝ D²
+        return seed_kmeanspp(points, k, generator=generator, comm=comm, offsets=offsets, n_total=n_total,
+                             trials=trials, progress=progress)
+    rank, local = first
+    new_idx = comm.all_gather_cat(torch.tensor([offset + local] if rank == comm.rank else [], dtype=torch.int64,
+                                               device=dev)).cpu()
+    cand_idx, cand_rows, total, r = [], [], 0, 0
+    for r in range(rounds + 10 + 1):  # at most 10 extra rounds to reach k candidates
+        if len(new_idx):
+            new = _gather_rows(points, offset, new_idx, comm)  # (m, d)
+            d2, lab = points.search(new)  # (n,) each; in place below: O(n) memory is the budget here
+            d2 = d2.mul_(-2.0).add_(2.0)
+            d2 = d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
+            closer = d2 < dmin
+            torch.minimum(dmin, d2, out=dmin)
+            near[closer] = (lab[closer] + total).to(torch.int32)
+            del d2, lab, closer
+            cand_idx.append(new_idx)
+            cand_rows.append(new)
+            total += len(new_idx)
+        progress("k-means||", min(r, rounds), rounds)
+        if r >= rounds and total >= k:
+            break
+        phi = float(comm.all_reduce_(dmin.sum(dtype=torch.float64)))
+        if phi <= 0:  # every point is a candidate or duplicates one
+            break
+        u = torch.rand(n_total, generator=generator, dtype=torch.float64)[offset : offset + n].to(dev)
+        picked = torch.nonzero(u.mul_(phi / ell) < dmin).flatten()  # P(join) = min(1, ℓ·D²/φ)
+        del u
+        new_idx = comm.all_gather_cat(picked + offset).cpu()
+    cand_idx, cands = torch.cat(cand_idx), torch.cat(cand_rows)  # (C,), (C, d)
+    weights = torch.bincount(near[nonzero].long(), minlength=len(cand_idx)).to(torch.float64)
+    weights = comm.all_reduce_(weights).to(torch.float32)
+    if len(cand_idx) < k:  # fewer distinct points than k: add others uniformly, weightless
+        avail = torch.ones(n, device=dev)
+        mine = (cand_idx >= offset) & (cand_idx < offset + n)
+        avail[(cand_idx[mine] - offset).to(dev)] = 0.0
+        extra = []
+        for _ in range(k - len(cand_idx)):
+            rank, local = _draw(avail, _chunk_totals(avail, _SEED_CHUNK), _SEED_CHUNK, generator, comm)
+            if rank == comm.rank:
+                avail[local] = 0.0
+            extra.append(offset + local if rank == comm.rank else 0)
+        extra = comm.all_reduce_(torch.tensor(extra, dtype=torch.int64, device=dev)).cpu() if comm.on else (
+            torch.tensor(extra, dtype=torch.int64))
+        cands = torch.cat([cands, _gather_rows(points, offset, extra, comm)])
+        cand_idx = torch.cat([cand_idx, extra])
+        weights = torch.cat([weights, weights.new_zeros(len(extra))])
+    with contextlib.closing(TorchPoints(cands, cands.device, len(cands))) as cpoints:
+        chosen, centers = _kmeanspp(cpoints, k, generator, _Comm(local=True), [0], progress, trials, weights=weights)
+    return cand_idx[chosen], centers, {"seed_trials": trials, "seed_rounds": r, "seed_candidates": len(cand_idx)}
+
+
+def seed_random(points, k, *, generator, comm, offsets, n_total, trials, progress):
+    """k distinct points, uniformly."""
+    idx = torch.randperm(n_total, generator=generator)[:k]
+    return idx, _gather_rows(points, offsets[comm.rank], idx, comm), {}
+
+
+# name -> seeding(points, k, *, generator, comm, offsets, n_total, trials, progress)
+#   -> (global indices (k,) int64, centers (k, d) float32 on points.device, stats dict)
+SEEDINGS = {"kmeans++": seed_kmeanspp, "kmeans||": seed_kmeans_parallel, "random": seed_random}
+INITS = ("auto", *SEEDINGS)  # the choices of ClusterConfig.init
+
+
+def pick_init(init: str, n: int, k: int) -> str:
+    """The seeding ``init`` names; ``auto``: greedy k-means++ while N·k is small, else k-means||."""
+    if init != "auto" and init not in SEEDINGS:
+        raise ConfigError(f"unknown k-means init {init!r}; expected {_choices(INITS)}")
+    if init == "auto":
+        return "kmeans++" if n * k <= AUTO_GREEDY_MAX_NK else "kmeans||"
+    return init
 
 
 def kmeanspp_init(x: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int | None = None) -> torch.Tensor:
-    """k-means++ seeds (appendix B) of the unit rows of x: (k,) int64 indices.
+    """k-means++ seeds (appendix B, plain D² sampling) of the unit rows of x: (k,) int64 indices.
 
     x: (N, d) float32 tensor (this rank's shard under torch.distributed, where
     the indices are global). ``generator`` drives every random choice and must
     be seeded identically on every rank.
     """
     comm = _Comm()
+    points = TorchPoints(x, x.device, chunk_size or _SEED_CHUNK)
     offsets, _ = _offsets(len(x), comm, x.device)
-    with _full_fp32_matmul():
-        return _kmeanspp(x, k, generator, chunk_size or _SEED_CHUNK, comm, offsets, no_progress)[0]
+    with _full_fp32_matmul(), contextlib.closing(points):
+        return _kmeanspp(points, k, generator, comm, offsets, no_progress, chunk=chunk_size or _SEED_CHUNK)[0]
 
 
-# ---------------------------------------------------------------- Lloyd (torch)
+# ---------------------------------------------------------------- Lloyd
 
 
-@dataclass
-class _Pass:
-    sums: torch.Tensor  # (k, d) float64, sum of members (all ranks)
-    counts: torch.Tensor  # (k,) int64 (all ranks)
-    sim_sum: float  # Σ ⟨x, c_assigned⟩ (all ranks)
-    changed: int  # assignments that differ from ``labels`` before the pass (all ranks)
-
-
-def _lloyd_pass(x, centroids, labels, sims, chunk, comm) -> _Pass:
-    """Assign this rank's points to their nearest centroid (largest inner product),
-    writing ``labels`` (n,) int64 and ``sims`` (n,) float32 in place, and sum the
-    members per cluster. Float64 sums make the result independent of chunking
-    (and ``index_put_(accumulate=True)`` is deterministic on CUDA too)."""
-    k, d = centroids.shape
-    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
-    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
-    scalars = torch.zeros(2, dtype=torch.float64, device=x.device)  # sim_sum, changed
-    for start in range(0, len(x), chunk):
-        xc = x[start : start + chunk]
-        s, lab = (xc @ centroids.T).max(dim=1)  # (chunk,), first index on ties
-        scalars[1] += (lab != labels[start : start + chunk]).sum()
-        labels[start : start + chunk] = lab
-        sims[start : start + chunk] = s
-        sums.index_put_((lab,), xc.double(), accumulate=True)  # 2x faster than index_add_ here
-        counts += torch.bincount(lab, minlength=k)
-        scalars[0] += s.sum(dtype=torch.float64)
-    comm.all_reduce_(sums), comm.all_reduce_(counts), comm.all_reduce_(scalars)
-    return _Pass(sums, counts, float(scalars[0]), int(scalars[1]))
-
-
-def _reseed_empty(x, centroids, sims, nonzero, empty, comm, offset, n_total) -> int:
+def _reseed_empty(points: Points, centroids, empty, comm, offset, n_total) -> int:
     """Move each empty centroid onto one of the points farthest from their own
     centroid (lowest similarity, ties by index), skipping points that duplicate
     an existing centroid or one another. Same choice on every rank. Returns how
-    many were moved (fewer when there are not enough distinct points)."""
-    d = x.shape[1]
+    many were moved (fewer when there are not enough distinct points). Rare:
+    one more pass, for the similarities."""
+    d, dev = points.d, points.device
     m = len(empty)
     want = max(4 * m, 64)
-    key = sims.masked_fill(~nonzero, torch.inf)  # zero rows are never candidates
+    search = points.searcher(centroids)
+    sims = torch.cat([search(xc)[0] for _, xc in points.chunks()])  # (n,)
+    key = sims.masked_fill(~points.nonzero(), torch.inf)  # zero rows are never candidates
     order = torch.sort(key, stable=True).indices  # (n,) farthest first
     while True:
         take = order[:want]
-        packed = torch.full((want, d + 2), torch.inf, dtype=torch.float64, device=x.device)
+        packed = torch.full((want, d + 2), torch.inf, dtype=torch.float64, device=dev)
         packed[: len(take), 0] = key[take].double()
         packed[: len(take), 1] = (take + offset).double()  # exact below 2**53
-        packed[: len(take), 2:] = x[take].double()
+        packed[: len(take), 2:] = points.rows(take).double()
         cand = comm.all_gather(packed).reshape(-1, d + 2)
         cand = cand[torch.argsort(cand[:, 1], stable=True)]  # by global index, then
         cand = cand[torch.argsort(cand[:, 0], stable=True)][:want]  # by similarity
@@ -392,7 +977,7 @@ def _reseed_empty(x, centroids, sims, nonzero, empty, comm, offset, n_total) -> 
             if not row[0] < 1 - DUPLICATE_D2 / 2:  # a duplicate of its centroid, or padding
                 exhausted = True
                 break
-            v = row[2:].to(x.dtype)
+            v = row[2:].to(torch.float32)
             if accepted and float((torch.stack(accepted) @ v).max()) >= 1 - DUPLICATE_D2 / 2:
                 continue
             accepted.append(v)
@@ -406,92 +991,48 @@ def _reseed_empty(x, centroids, sims, nonzero, empty, comm, offset, n_total) -> 
     return len(accepted)
 
 
-def _lloyd_torch(x, centroids, iterations, chunk, comm, offset, n_total, progress):
-    """Spherical Lloyd iterations from ``centroids`` (k, d). Returns the final
-    centroids, sizes, objective list, updates run and empty clusters re-seeded."""
-    n = len(x)
-    labels = torch.full((n,), -1, dtype=torch.int64, device=x.device)
-    sims = torch.empty(n, dtype=torch.float32, device=x.device)
-    nonzero = (x != 0).any(dim=1)
+def _lloyd(points: Points, centroids, iterations, comm, offset, n_total, progress):
+    """Spherical Lloyd iterations from ``centroids`` (k, d) on points.device.
+    Returns the final centroids, sizes, objective list, updates run and empty
+    clusters re-seeded. Working memory: the labels, 2 bytes a point (4 when
+    k > 32767; they tell when no assignment changes), plus one chunk."""
+    n, k = len(points), len(centroids)
+    labels = torch.full((n,), -1, dtype=torch.int16 if k < 1 << 15 else torch.int32, device=points.device)
+
+    def step():
+        sums, counts, sim_sum, changed = points.assign_to(centroids, labels)
+        scalars = torch.stack([sim_sum, torch.tensor(float(changed), dtype=torch.float64, device=points.device)])
+        comm.all_reduce_(sums), comm.all_reduce_(counts), comm.all_reduce_(scalars)
+        return sums, counts, float(scalars[0]), int(scalars[1])
+
     objective: list[float] = []
     reseeded = 0
     it = 0
     while True:
-        p = _lloyd_pass(x, centroids, labels, sims, chunk, comm)
+        sums, counts, sim_sum, changed = step()
         # An empty cluster (or one of all-zero rows) has no mean: move it to the
         # farthest points and assign again, so every iteration — the last one
         # included — reports clusters that are all non-empty when possible.
         for _ in range(10):
-            empty = torch.nonzero((p.counts == 0) | (p.sums.norm(dim=1) == 0)).flatten().cpu()
+            empty = torch.nonzero((counts == 0) | (sums.norm(dim=1) == 0)).flatten().cpu()
             if not len(empty):
                 break
-            moved = _reseed_empty(x, centroids, sims, nonzero, empty, comm, offset, n_total)
+            moved = _reseed_empty(points, centroids, empty, comm, offset, n_total)
             if not moved:
                 break
             reseeded += moved
-            p = _lloyd_pass(x, centroids, labels, sims, chunk, comm)
-            p.changed = max(p.changed, 1)
-        objective.append(1.0 - p.sim_sum / n_total)
-        converged = p.changed == 0  # no assignment changed: a fixed point, the update would be a no-op
+            sums, counts, sim_sum, changed = step()
+            changed = max(changed, 1)
+        objective.append(1.0 - sim_sum / n_total)
+        converged = changed == 0  # no assignment changed: a fixed point, the update would be a no-op
         progress("k-means", iterations if converged else it, iterations, objective=objective[-1])
         if it == iterations or converged:
-            return centroids, p.counts, objective, it, reseeded
-        centroids = normalize_rows(p.sums).to(x.dtype)  # spherical update
+            return centroids, counts, objective, it, reseeded
+        centroids = normalize_rows(sums).to(torch.float32)  # spherical update
         it += 1
 
 
-# ---------------------------------------------------------------- Lloyd (faiss)
-
-
-def _lloyd_faiss(x: np.ndarray, seeds: np.ndarray, iterations: int, seed: int, gpu: bool):
-    """FAISS spherical k-means from our seeds. Returns centroids (k, d), the
-    per-iteration mean cosine distance (before each update) and clusters split."""
-    faiss = _faiss()
-    n, d = x.shape
-    k = len(seeds)
-    if iterations == 0:
-        return seeds, [], 0
-    km = faiss.Kmeans(
-        d,
-        k,
-        niter=iterations,
-        spherical=True,
-        seed=seed,
-        # FAISS silently subsamples to 256 points per centroid by default; we
-        # subsample ourselves (seeded, in stats) or not at all.
-        max_points_per_centroid=n // k + 1,
-        min_points_per_centroid=1,  # no "please provide more points" on stderr
-        gpu=bool(gpu),
-        verbose=False,
-    )
-    km.train(x, init_centroids=seeds)
-    # obj at iteration i = Σ ⟨x, c⟩ under the centroids *before* update i
-    objective = [1.0 - st["obj"] / n for st in km.iteration_stats]
-    splits = int(sum(st["nsplit"] for st in km.iteration_stats))
-    return km.centroids.astype(np.float32), objective, splits
-
-
 # ---------------------------------------------------------------- public API
-
-
-def _validate(x, k: int, comm: _Comm, device) -> tuple[int, int]:
-    """Shape/finite checks, the same verdict on every rank. Returns (offset, N)."""
-    if x.ndim != 2:
-        raise DataError(f"patches must be a 2-D array (N, d), got shape {tuple(x.shape)}")
-    finite = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(torch.isfinite(x).all())
-    info = torch.tensor([len(x), 0 if finite else 1], device=device)
-    every = comm.all_gather(info).cpu()  # (world, 2)
-    sizes = every[:, 0].tolist()
-    n_total = sum(sizes)
-    if n_total == 0:
-        raise DataError("no patches to cluster (N = 0)")
-    if k < 1:
-        raise ConfigError(f"k must be at least 1, got {k}")
-    if k > n_total:
-        raise DataError(f"k={k} is larger than the number of patches ({n_total})")
-    if every[:, 1].any():
-        raise DataError("patches contain NaN or inf values")
-    return sum(sizes[: comm.rank]), n_total
 
 
 def spherical_kmeans(
@@ -506,38 +1047,50 @@ def spherical_kmeans(
     max_points_per_centroid: int | None = None,
     chunk_size: int | None = None,
     seed_trials: int | None = None,
+    seed_points_per_centroid: int | None = None,
     restarts: int = 1,
+    stream: bool | None = None,
     progress=no_progress,
 ) -> KMeansResult:
     """KMEANS(S, k): cosine k-means of the rows of x, k-means++ seeded.
 
+    ``init``: a ``SEEDINGS`` name or ``auto`` (greedy k-means++ while N·k ≤
+    ``AUTO_GREEDY_MAX_NK``, else k-means||); ``stats["init_used"]`` says which.
     ``seed_trials``: candidates per k-means++ step (None, the default as in
     ``hgm cluster``: 2 + ln k, the greedy variant; 1: appendix B's plain D²
-    sampling). ``restarts``: independent
+    sampling). ``seed_points_per_centroid``: seed on a uniform sample of k·that
+    points (None: ``SEED_POINTS_PER_CENTROID`` of the seeding — 256 for
+    k-means||, every point for k-means++). ``restarts``: independent
     runs (seeds seed, seed+1, ...); the one with the lowest final objective is
     kept and every run's objective is recorded in ``stats["restart_objectives"]``.
 
-    x: (N, d) float32, rows of unit L2 norm (re-normalised here anyway; all-zero
-    rows stay zero, are never seeds and count as distance 1 to every centroid).
+    x: (N, d) float32, rows of unit L2 norm (normalised here, in a copy, if they
+    are not; all-zero rows stay zero, are never seeds and count as distance 1 to
+    every centroid). Unit float32 rows are used in place: the working memory is
+    O(N) labels and similarities plus one chunk.
     Under torch.distributed x is this rank's contiguous shard (``shard_for_rank``)
     and the result equals the single-process one. ``max_points_per_centroid``
     subsamples (seeded) to k·that points first; ``stats["subsampled_to"]`` says so.
-    ``chunk_size`` (points per block) bounds memory; default ≈256 MB blocks.
-    Deterministic for a seed on CPU (same inputs, same thread count → identical
-    centroids); every random draw comes from a CPU generator, so CUDA makes the
-    same choices up to matmul rounding.
+    ``chunk_size`` (points per block) bounds memory. ``stream`` (torch backend):
+    stream the points from host memory every pass (None: on CUDA when they do
+    not fit on the device). Deterministic for a seed on CPU (same inputs, same
+    thread count → identical centroids); every random draw comes from a CPU
+    generator, so CUDA makes the same choices up to matmul rounding.
     """
-    if init not in INITS:
-        raise ConfigError(f"unknown k-means init {init!r}; expected kmeans++ or random")
+    if init != "auto" and init not in SEEDINGS:
+        raise ConfigError(f"unknown k-means init {init!r}; expected {_choices(INITS)}")
     if restarts < 1:
         raise ConfigError(f"restarts must be at least 1, got {restarts}")
     if seed_trials is not None and seed_trials < 1:
         raise ConfigError(f"seed_trials must be at least 1, got {seed_trials}")
+    if seed_points_per_centroid is not None and seed_points_per_centroid < 1:
+        raise ConfigError(f"seed_points_per_centroid must be at least 1, got {seed_points_per_centroid}")
     if restarts > 1:
         runs = [
             spherical_kmeans(x, k, iterations=iterations, init=init, backend=backend, device=device, seed=seed + r,
                              max_points_per_centroid=max_points_per_centroid, chunk_size=chunk_size,
-                             seed_trials=seed_trials, progress=progress)
+                             seed_trials=seed_trials, seed_points_per_centroid=seed_points_per_centroid,
+                             stream=stream, progress=progress)
             for r in range(restarts)
         ]
         best = min(runs, key=lambda r: r.objective[-1])  # first on ties
@@ -550,15 +1103,12 @@ def spherical_kmeans(
         raise ConfigError(f"iterations must be at least 0, got {iterations}")
     dev = resolve_device(device)
     name = pick_backend(backend, dev)
-    use_gpu_faiss = name == "faiss" and dev.type == "cuda" and faiss_has_gpu()
-    run_dev = dev if name == "torch" or use_gpu_faiss else torch.device("cpu")
+    backend_cls = KMEANS_BACKENDS[name]
     comm = _Comm()
-    offset, n_input = _validate(x, k, comm, run_dev)
-    trials = seed_trials if seed_trials is not None else 2 + int(np.log(k))
-
-    xt = normalize_rows(torch.as_tensor(x).to(run_dev, torch.float32))  # (n, d) this rank's shard
+    comm_dev = dev if name == "torch" else torch.device("cpu")  # where collectives' tensors live
+    xt, offset, n_input = _prepare(x, k, comm, comm_dev)  # (n, d) this rank's shard, host memory
     d = xt.shape[1]
-    chunk = chunk_size or _default_chunk(k, d)
+    trials = seed_trials if seed_trials is not None else 2 + int(np.log(k))
     # Every random choice comes from this CPU generator, identical on every rank
     # and on every device.
     gen = torch.Generator().manual_seed(seed)
@@ -566,43 +1116,51 @@ def spherical_kmeans(
     subsampled_to = None
     if max_points_per_centroid is not None and n_input > k * max_points_per_centroid:
         subsampled_to = k * max_points_per_centroid
-        keep = torch.sort(torch.randperm(n_input, generator=gen)[:subsampled_to]).values  # global, sorted
-        xt = xt[(keep[(keep >= offset) & (keep < offset + len(xt))] - offset).to(run_dev)]
-    offsets, n_total = _offsets(len(xt), comm, run_dev)
+        xt = xt[_sample(offset, len(xt), n_input, subsampled_to, gen)]  # a copy: Lloyd reads it every pass
+    offsets, n_total = _offsets(len(xt), comm, comm_dev)
     offset = offsets[comm.rank]
+    init_used = pick_init(init, n_total, k)
+    per_centroid = seed_points_per_centroid or SEED_POINTS_PER_CENTROID[init_used]
+    chunk = chunk_size or backend_cls.default_chunk(k, d, dev)
+    points = backend_cls(xt, dev, chunk, stream)
 
-    with _full_fp32_matmul():
+    # On the CPU the main thread's O(n) bookkeeping runs torch on one thread; the passes
+    # run on the points' worker threads (``Points._run``).
+    single = _threads(1) if dev.type == "cpu" else contextlib.nullcontext()
+    with _full_fp32_matmul(), contextlib.closing(points), single:
         t0 = time.perf_counter()
-        if init == "kmeans++":
-            seed_idx, centroids = _kmeanspp(xt, k, gen, chunk_size or _SEED_CHUNK, comm, offsets, progress, trials)
-        else:
-            seed_idx = torch.randperm(n_total, generator=gen)[:k]
-            centroids = _gather_rows(xt, offset, len(xt), seed_idx, comm)
+        seed_points, seed_offsets, n_seed = points, offsets, n_total
+        if per_centroid is not None and n_total > k * per_centroid:
+            n_seed = k * per_centroid
+            sample = _sample(offset, len(xt), n_total, n_seed, gen, sparse=True)  # a view: no copy of the rows
+            seed_offsets, _ = _offsets(len(sample), comm, comm_dev)
+            seed_points = points.subset(sample, chunk_size or backend_cls.default_chunk(2 * k, d, dev))
+        _, centroids, seed_info = SEEDINGS[init_used](
+            seed_points, k, generator=gen, comm=comm, offsets=seed_offsets, n_total=n_seed, trials=trials,
+            progress=progress,
+        )
+        del seed_points
         t1 = time.perf_counter()
-        if name == "torch":
-            centroids, counts, objective, updates, reseeded = _lloyd_torch(
-                xt, centroids.clone(), iterations, chunk, comm, offset, n_total, progress
-            )
-            centroids_np, sizes = centroids.cpu().numpy(), counts.cpu().numpy()
-        else:
-            centroids_np, objective, reseeded = _lloyd_faiss(
-                xt.cpu().numpy(), centroids.cpu().numpy(), iterations, seed, use_gpu_faiss
-            )
-            for it, obj in enumerate(objective):  # FAISS has no callback: report afterwards
-                progress("k-means", it, iterations, objective=obj)
-            # One more assignment: the objective and sizes of the final centroids.
-            labels, sims = assign(xt, centroids_np, device=run_dev, chunk_size=chunk)
-            objective.append(1.0 - float(sims.sum(dtype=np.float64)) / n_total)
-            progress("k-means", iterations, iterations, objective=objective[-1])
-            sizes = np.bincount(labels, minlength=k)
-            updates = iterations
+        centroids, counts, objective, updates, reseeded = _lloyd(
+            points, centroids.to(points.device).clone(), iterations, comm, offset, n_total, progress
+        )
         t2 = time.perf_counter()
 
+    seeding = {"kmeans++": f"greedy k-means++ ({trials} candidates per step)" if trials > 1 else "k-means++",
+               "kmeans||": f"k-means|| ({seed_info.get('seed_rounds')} rounds, "
+                           f"{seed_info.get('seed_candidates', 0):,} candidates)",
+               "random": "random"}[init_used]
     stats = {
         "backend": name,
-        "device": str(run_dev) + (" (faiss-gpu)" if use_gpu_faiss else ""),
+        "device": points.describe(),
         "init": init,
-        "seed_trials": trials if init == "kmeans++" else None,
+        "init_used": init_used,
+        # one line for a summary: "k-means|| (5 rounds, 2,561 candidates) on 65,536 points, 0.4 s"
+        "seeding": f"{seeding} on {n_seed:,} points, {t1 - t0:.1f} s",
+        "seed_trials": seed_info.get("seed_trials"),
+        "seed_points": n_seed,  # points the seeding looked at (all ranks)
+        "seed_rounds": seed_info.get("seed_rounds"),
+        "seed_candidates": seed_info.get("seed_candidates"),
         "seed": seed,
         "k": k,
         "n": n_input,  # all ranks together
@@ -612,14 +1170,15 @@ def spherical_kmeans(
         "converged": updates < iterations,  # stopped early: no assignment changed
         "seconds_seed": round(t1 - t0, 4),
         "seconds_lloyd": round(t2 - t1, 4),
-        "empty_reseeded": int(reseeded),  # torch: moved to far points; faiss: clusters split
+        "empty_reseeded": int(reseeded),  # moved to the farthest points
         "subsampled_to": subsampled_to,
         "chunk_size": chunk,
+        "streamed": points.streamed,
         "world_size": comm.world,
     }
     return KMeansResult(
-        centroids=np.ascontiguousarray(centroids_np, dtype=np.float32),
-        sizes=np.asarray(sizes, dtype=np.int64),
+        centroids=np.ascontiguousarray(centroids.cpu().numpy(), dtype=np.float32),
+        sizes=counts.cpu().numpy().astype(np.int64),
         objective=[float(o) for o in objective],
         stats=stats,
     )
@@ -632,15 +1191,11 @@ def assign(x, centroids, *, device="auto", chunk_size=None) -> tuple[np.ndarray,
     labels (N,) int64 (first index on ties) and similarities (N,) float32.
     """
     dev = resolve_device(device)
-    xt = torch.as_tensor(x).to(dev, torch.float32)
+    xt = torch.as_tensor(x).to(torch.float32)
     ct = torch.as_tensor(centroids).to(dev, torch.float32)
     if xt.ndim != 2 or ct.ndim != 2 or xt.shape[1] != ct.shape[1]:
         raise DataError(f"cannot assign points of shape {tuple(xt.shape)} to centroids of shape {tuple(ct.shape)}")
-    chunk = chunk_size or _default_chunk(len(ct), 0)
-    labels = torch.empty(len(xt), dtype=torch.int64, device=dev)
-    sims = torch.empty(len(xt), dtype=torch.float32, device=dev)
-    with _full_fp32_matmul():
-        for start in range(0, len(xt), chunk):
-            s, lab = (xt[start : start + chunk] @ ct.T).max(dim=1)
-            labels[start : start + chunk], sims[start : start + chunk] = lab, s
+    points = TorchPoints(xt, dev, chunk_size or TorchPoints.default_chunk(len(ct), 0, dev))
+    with _full_fp32_matmul(), contextlib.closing(points):
+        sims, labels = points.search(ct)
     return labels.cpu().numpy(), sims.cpu().numpy()

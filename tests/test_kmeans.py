@@ -1,7 +1,8 @@
 """Cosine k-means with k-means++ seeding (hgmcli/kmeans.py): the paper's
-KMEANS(S, k) — exact recovery of distinct patches (Lemma 7), backend
-agreement, determinism, bounded-memory chunking, empty clusters, errors, and
-the multi-process (gloo) run equal to the single-process one."""
+KMEANS(S, k) — exact recovery of distinct patches (Lemma 7), the seedings
+(greedy k-means++, k-means||, init auto), backend agreement and the backend
+registry, determinism, bounded-memory chunking and streaming, empty clusters,
+errors, and the multi-process (gloo) run equal to the single-process one."""
 
 from __future__ import annotations
 
@@ -106,6 +107,59 @@ def test_greedy_seeding_finds_every_blob_where_plain_seeding_can_miss():
     assert not all(found[1]), found  # the case the greedy variant is for
 
 
+def test_kmeans_parallel_finds_every_blob_where_plain_seeding_can_miss():
+    """k-means|| (5 rounds of ~2k candidates, then weighted greedy k-means++)
+    finds the 40 blobs of the test above from every seed, on all points and on
+    a uniform subsample of 100 points per centroid. (Measured over seeds 0-19
+    with no Lloyd step: k-means|| misses a blob for 1 seed, on all points or on
+    the subsample, greedy k-means++ for 3, plain D² sampling for 19.)"""
+    rng = np.random.default_rng(5)
+    x, ids = blobs(rng, 40, 8000, 16, 0.03)
+    for per_centroid in (None, 100):
+        for s in range(6):
+            r = spherical_kmeans(x, 40, iterations=10, seed=s, init="kmeans||", backend="torch",
+                                 seed_points_per_centroid=per_centroid)
+            assert is_bijection(assign(x, r.centroids)[0], ids), (per_centroid, s)
+            assert r.stats["init_used"] == "kmeans||" and r.stats["seed_rounds"] == 5
+            assert r.stats["seed_points"] == (8000 if per_centroid is None else 4000)
+            assert r.stats["seed_candidates"] >= 40
+
+
+@pytest.mark.parametrize("init", ["auto", "kmeans||"])
+def test_exact_recovery_on_orthonormal_patches(init):
+    """Lemma 7's setting: distinct patches mutually orthogonal, each repeated;
+    one cluster per distinct patch. ``auto`` picks greedy k-means++ here (N·k small)."""
+    rng = np.random.default_rng(14)
+    q = np.linalg.qr(rng.standard_normal((64, 64)))[0].astype(np.float32)  # orthonormal rows
+    x, ids = repeated(rng, q[:48], 3, 30)
+    r = spherical_kmeans(x, 48, iterations=5, init=init, backend="torch", seed=2)
+    assert r.stats["init_used"] == ("kmeans++" if init == "auto" else "kmeans||")
+    assert is_bijection(assign(x, r.centroids)[0], ids)
+    assert r.objective[-1] == pytest.approx(0.0, abs=1e-6) and r.objective[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_init_auto_picks_by_the_size_of_the_job(monkeypatch):
+    x, _ = blobs(np.random.default_rng(15), 20, 3000, 8, 0.3)
+    small = spherical_kmeans(x, 16, iterations=2, init="auto", backend="torch")
+    assert small.stats["init_used"] == "kmeans++" and small.stats["seed_points"] == 3000
+    assert small.stats["seeding"].startswith("greedy k-means++ (4 candidates per step) on 3,000 points")
+    monkeypatch.setattr(kmeans, "AUTO_GREEDY_MAX_NK", 3000 * 16 - 1)
+    big = spherical_kmeans(x, 16, iterations=2, init="auto", backend="torch", seed_points_per_centroid=100)
+    assert big.stats["init_used"] == "kmeans||" and big.stats["seed_points"] == 1600
+    assert big.stats["seeding"].startswith("k-means|| (5 rounds, ")
+    assert kmeans.pick_init("auto", 10, 3) == "kmeans++" and kmeans.pick_init("random", 10**9, 10**3) == "random"
+
+
+def test_kmeans_parallel_with_fewer_distinct_points_than_k():
+    rng = np.random.default_rng(16)
+    x, _ = repeated(rng, unit(rng, 5, 8), 4, 4)  # 20 points, 5 distinct
+    r = spherical_kmeans(x, 12, iterations=3, init="kmeans||", backend="torch")
+    assert r.objective[0] == pytest.approx(0.0, abs=1e-6)  # the 5 distinct points are seeds
+    assert r.sizes.sum() == 20 and r.stats["seed_candidates"] >= 12
+    r = spherical_kmeans(x, 20, iterations=3, init="kmeans||", backend="torch")
+    assert r.stats["seed_candidates"] == 20 and r.objective[0] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_restarts_keep_the_best_run():
     rng = np.random.default_rng(6)
     x, _ = blobs(rng, 30, 3000, 8, 0.2)
@@ -167,6 +221,63 @@ def test_chunk_size_does_not_change_the_result():
     assert np.allclose(a.centroids, b.centroids, atol=1e-6)
     assert a.sizes.tolist() == b.sizes.tolist()
     assert b.stats["chunk_size"] == 7
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "kmeans||"])
+def test_streaming_from_host_in_small_chunks_equals_the_unchunked_run(init):
+    """The torch backend's streamed pass (two staging buffers; pinned with async
+    copies on CUDA) forced on the CPU with a tiny chunk: the same result."""
+    x, _ = blobs(np.random.default_rng(8), 20, 500, 10, 0.5)
+    sample = {"seed_points_per_centroid": 10} if init == "kmeans||" else {}  # seeds on a 160-point subset view
+    a = spherical_kmeans(x, 16, iterations=8, init=init, backend="torch", **sample)
+    b = spherical_kmeans(x, 16, iterations=8, init=init, backend="torch", chunk_size=7, stream=True, **sample)
+    assert b.stats["streamed"] and not a.stats["streamed"] and b.stats["device"] == "cpu (streamed from host)"
+    np.testing.assert_allclose(a.centroids, b.centroids, atol=1e-6)
+    assert a.sizes.tolist() == b.sizes.tolist()
+    np.testing.assert_allclose(a.objective, b.objective, atol=1e-7)
+
+
+def test_the_input_is_not_copied_when_its_rows_are_unit():
+    x, _ = blobs(np.random.default_rng(17), 5, 300, 6, 0.3)
+    xt, _, _ = kmeans._prepare(x, 4, kmeans._Comm(), torch.device("cpu"))
+    assert xt.data_ptr() == x.ctypes.data  # used in place
+    xt, _, _ = kmeans._prepare(2 * x, 4, kmeans._Comm(), torch.device("cpu"))
+    np.testing.assert_allclose(xt.numpy(), x, atol=1e-6)  # normalised, in a copy
+
+
+# ---------------------------------------------------------------- the backend registry
+
+
+class NumpyPoints(kmeans.Points):
+    """The smallest backend: a searcher in numpy."""
+
+    def searcher(self, centroids):
+        c = centroids.numpy()
+
+        def search(xc):
+            s = xc.numpy() @ c.T  # (m, k)
+            lab = s.argmax(axis=1)
+            return torch.from_numpy(s[np.arange(len(s)), lab]), torch.from_numpy(lab)
+
+        return search
+
+
+def test_a_registered_backend_is_used(monkeypatch):
+    monkeypatch.setitem(kmeans.KMEANS_BACKENDS, "numpy", NumpyPoints)
+    x, _ = blobs(np.random.default_rng(18), 20, 2000, 8, 0.3)
+    for init in ("kmeans++", "kmeans||"):
+        mine = spherical_kmeans(x, 16, iterations=5, init=init, backend="numpy", seed=1)
+        ref = spherical_kmeans(x, 16, iterations=5, init=init, backend="torch", seed=1)
+        assert mine.stats["backend"] == "numpy" and mine.stats["device"] == "cpu"
+        np.testing.assert_allclose(mine.centroids, ref.centroids, atol=1e-5)
+        np.testing.assert_allclose(mine.objective, ref.objective, atol=1e-6)
+    assert pick_backend("auto", torch.device("cpu")) == "torch"  # appended: auto's preference unchanged
+
+
+def test_registries_name_the_config_choices():
+    assert kmeans.BACKENDS == ("auto", "torch", "faiss")
+    assert kmeans.INITS == ("auto", "kmeans++", "kmeans||", "random")
+    assert set(kmeans.SEED_POINTS_PER_CENTROID) == set(kmeans.SEEDINGS)
 
 
 def test_empty_clusters_are_reseeded_and_none_is_left_empty():
@@ -231,14 +342,14 @@ def test_normalize_rows():
             2,
             {"backend": "sklearn"},
             HgmError,
-            "unknown k-means backend 'sklearn'; expected auto, faiss or torch",
+            "unknown k-means backend 'sklearn'; expected auto, torch or faiss",
         ),
         (
             np.ones((5, 3), np.float32),
             2,
             {"init": "greedy"},
             ConfigError,
-            "unknown k-means init 'greedy'; expected kmeans++ or random",
+            "unknown k-means init 'greedy'; expected auto, kmeans++, kmeans|| or random",
         ),
     ],
 )
@@ -257,7 +368,7 @@ def test_nan_or_inf_patches_are_refused(bad):
 
 
 def test_faiss_requested_but_absent(monkeypatch):
-    monkeypatch.setattr(kmeans, "available_backends", lambda: ["torch"])
+    monkeypatch.setattr(kmeans, "_faiss", lambda: None)
     with pytest.raises(HgmError) as e:
         spherical_kmeans(np.eye(4, dtype=np.float32), 2, backend="faiss")
     assert str(e.value) == (
@@ -268,9 +379,9 @@ def test_faiss_requested_but_absent(monkeypatch):
 
 def test_pick_backend_auto():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pick_backend("auto", cpu) == ("faiss" if HAS_FAISS else "torch")
-    assert pick_backend("auto", cuda) == ("faiss" if kmeans.faiss_has_gpu() else "torch")
+    assert pick_backend("auto", cpu) == pick_backend("auto", cuda) == "torch"  # measured faster; see KMEANS_BACKENDS
     assert pick_backend("torch", cuda) == "torch"
+    assert kmeans.FaissPoints.auto(cpu) == HAS_FAISS
 
 
 def test_assign_refuses_mismatched_dimensions():
@@ -292,6 +403,8 @@ def _distributed_worker(rank: int, world: int, port: int, x: np.ndarray, out: st
             "pp": spherical_kmeans(shard, 10, iterations=10, seed=5, device="cpu"),
             "random": spherical_kmeans(shard, 10, iterations=10, seed=5, init="random", device="cpu"),
             "sub": spherical_kmeans(shard, 10, iterations=10, seed=5, max_points_per_centroid=150, device="cpu"),
+            "par": spherical_kmeans(shard, 10, iterations=10, seed=5, init="kmeans||", seed_points_per_centroid=50,
+                                    device="cpu"),
         }
         if rank == 0:
             arrays = {f"{name}_{key}": np.asarray(getattr(r, key)) for name, r in runs.items() for key in ("centroids", "sizes", "objective")}
@@ -301,7 +414,7 @@ def _distributed_worker(rank: int, world: int, port: int, x: np.ndarray, out: st
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # ~6 s on 2 cores, most of it two fresh interpreters importing torch
+@pytest.mark.slow  # ~8 s on 2 cores, most of it two fresh interpreters importing torch
 def test_two_gloo_processes_equal_one_process(tmp_path):
     x, _ = blobs(np.random.default_rng(13), 12, 2000, 8, 0.4)
     with socket.socket() as s:
@@ -310,7 +423,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     out = str(tmp_path / "rank0.npz")
     torch.multiprocessing.spawn(_distributed_worker, args=(2, port, x, out), nprocs=2, join=True)
     got = np.load(out)
-    for name, kwargs in [("pp", {}), ("random", {"init": "random"}), ("sub", {"max_points_per_centroid": 150})]:
+    for name, kwargs in [("pp", {}), ("random", {"init": "random"}), ("sub", {"max_points_per_centroid": 150}),
+                         ("par", {"init": "kmeans||", "seed_points_per_centroid": 50})]:
         one = spherical_kmeans(x, 10, iterations=10, seed=5, backend="torch", device="cpu", **kwargs)
         assert str(got[f"{name}_backend"]) == "torch"
         np.testing.assert_allclose(got[f"{name}_centroids"], one.centroids, atol=1e-6)
