@@ -191,6 +191,19 @@ def make_outside_link(root: Path) -> Path:
     return root
 
 
+def make_train_linked_outside(root: Path) -> Path:
+    image_folder(root.parent / "elsewhere")
+    root.mkdir()
+    (root / "train").symlink_to(root.parent / "elsewhere")
+    return root
+
+
+def make_train_linked_to_root(root: Path) -> Path:
+    image_folder(root)
+    (root / "train").symlink_to(".")  # root/train/train/train/...
+    return root
+
+
 def make_dangling(root: Path) -> Path:
     image_folder(root)
     (root / "cat" / "gone.png").symlink_to("nowhere.png")
@@ -216,6 +229,8 @@ IMAGE_FOLDER_CASES = {
     "socket-named-png": (make_socket, "zz.png: not a regular file but a socket"),
     "device-named-png": (make_device, "zz.png: not a regular file but a character device"),
     "class-linked-outside": (make_outside_link, "outside"),
+    "train-linked-outside": (make_train_linked_outside, "images/train: a symbolic link to"),
+    "train-linked-to-root": (make_train_linked_to_root, "the same folder as"),
     "dangling-link": (make_dangling, "gone.png: cannot read: No such file or directory"),
     "link-to-itself": (make_self_link, "me.png: cannot read: Too many levels of symbolic links"),
     "one-class": (make_one_class, "the training split holds only class 'cat' (3 images); a classifier needs at least two"),
