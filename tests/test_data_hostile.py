@@ -559,3 +559,10 @@ def test_real_fashion_mnist_through_the_cli(tmp_path):
     assert r.exit_code == 0, r.output
     c = np.load(tmp_path / "c.npz")["centroids"]
     assert c.shape == (8, 1, 3, 3)  # image defaults: 3x3 patches of 1 grey channel
+
+
+def test_pipeline_refuses_special_data_before_making_its_run_folder(tmp_path):
+    r = run("pipeline", "--config", REPO / "configs" / "cifar-cpu.yaml", "--data", "/dev/null", "--out", tmp_path / "run")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("Error: /dev/null: not a regular file or a folder but a character device")
+    assert not (tmp_path / "run").exists()
