@@ -850,30 +850,32 @@ def _find_images(tree: Path, root: Path) -> tuple[list[str], list[tuple[Path, in
                 "two names); an image folder must be a plain tree"
             )
 
-    def walk(d: Path, label: int) -> list[tuple[str, list[tuple[Path, int]]]]:
-        """[(folder, its images)] for d and its sub-folders, like os.walk(followlinks=True)."""
-        enter(d, follow(d))
-        files, subdirs = [], []
-        for entry in _listdir(d):
-            p = Path(entry.path)
-            is_image = entry.name.lower().endswith(IMG_EXTENSIONS)
-            if not (is_image or entry.is_dir()):  # is_dir() follows links; errors and loops give False
-                continue
-            st = follow(p)
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append(p)
-            elif not stat.S_ISREG(st.st_mode):
-                raise DataError(f"{p}: not a regular file but {_kind(st.st_mode)}; image folders hold only image files")
-            elif st.st_size > MAX_IMAGE_BYTES:
-                raise DataError(f"{p}: {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted for one image")
-            else:
-                first, first_label = seen_files.setdefault((st.st_dev, st.st_ino), (p, label))
-                if first_label != label:
-                    raise DataError(f"{p}: the same file as {first}, under two classes")
-                files.append((p, label))
-        found = [(str(d), files)]
-        for sub in subdirs:
-            found += walk(sub, label)
+    def walk(top: Path, label: int) -> list[tuple[str, list[tuple[Path, int]]]]:
+        """[(folder, its images)] for top and its sub-folders, like os.walk(followlinks=True);
+        a stack, not recursion, so that no depth of nesting overflows."""
+        found, stack = [], [top]
+        while stack:
+            d = stack.pop()
+            enter(d, follow(d))
+            files = []
+            for entry in _listdir(d):
+                p = Path(entry.path)
+                is_image = entry.name.lower().endswith(IMG_EXTENSIONS)
+                if not (is_image or entry.is_dir()):  # is_dir() follows links; errors and loops give False
+                    continue
+                st = follow(p)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(p)
+                elif not stat.S_ISREG(st.st_mode):
+                    raise DataError(f"{p}: not a regular file but {_kind(st.st_mode)}; image folders hold only image files")
+                elif st.st_size > MAX_IMAGE_BYTES:
+                    raise DataError(f"{p}: {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted for one image")
+                else:
+                    first, first_label = seen_files.setdefault((st.st_dev, st.st_ino), (p, label))
+                    if first_label != label:
+                        raise DataError(f"{p}: the same file as {first}, under two classes")
+                    files.append((p, label))
+            found.append((str(d), files))
         return found
 
     enter(tree, follow(tree))  # root/train may be a link too
