@@ -22,6 +22,7 @@ device placement, feature decoding and DDP sharding with the caller."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import torch
 from .errors import TrainingError
 from .progress import Progress, no_progress
 
+SCHEDULES = ("constant", "cosine")
 SYNC_EVERY = 25  # steps between reading the losses back from the device
 CHECKPOINT_SECONDS = 120.0  # longest stretch of training a kill can lose (besides the time to the next evaluation)
 
@@ -63,6 +65,7 @@ def train(
     progress: Progress = no_progress,
     checkpoint: Checkpoint | None = None,
     curves: Curves | None = None,
+    schedule: str = "constant",
 ) -> AdamResult:
     """``steps`` Adam steps of ``batch_size`` examples out of ``n`` on the
     trainable parameters of ``model``.
@@ -76,7 +79,11 @@ def train(
     killed run resumes where it stopped and ends with the weights an
     uninterrupted run gets (bit for bit on the CPU; the permutations are
     replayed from the seed). ``curves(metric, step, value)`` receives the loss
-    and accuracies as they are recorded (the run folder's curves.csv)."""
+    and accuracies as they are recorded (the run folder's curves.csv).
+    ``schedule``: ``constant`` lr, or ``cosine``, lr * (1 + cos(pi t / steps)) / 2
+    before step t + 1 (a function of the step alone, so a resumed run follows it)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
@@ -129,6 +136,9 @@ def train(
             if step <= result.steps:  # done before the checkpoint: replay the permutation only
                 continue
             idx = order[start : start + batch_size]
+            if schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
             loss, right = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,6 +10,11 @@
   network (hidden 384, 192 as in the TensorFlow CIFAR-10 tutorial), trained
   with Adam on cross-entropy for a number of iterations; accuracy on the
   validation split recorded every ``eval_every`` iterations (§6: every 10k).
+* ``bottleneck`` (not in the paper; Thiry et al. 2021's head over pooled
+  patch codes): BatchNorm over the channels, a 1x1 conv to ``bottleneck``
+  channels shared by every grid cell, BatchNorm, ReLU, then the fc layers
+  with dropout. The 1x1 conv makes a k-channel coarse grid (k in the
+  thousands) affordable: k x 256 weights instead of k x cells x 384.
 
 Every classifier ends as an ``nn.Sequential`` (Flatten, Linear[, ReLU, ...])
 whose argmax is the prediction: a binary SVM's decision function d becomes
@@ -39,6 +44,38 @@ if TYPE_CHECKING:
     from .config import ClassifierConfig
 
 
+def _uniform_init(module: nn.Module, fan_in: int, gen: torch.Generator) -> None:
+    """PyTorch's default Linear / Conv init range, +-1/sqrt(fan_in), drawn from ``gen``."""
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(fan_in)
+        for p in (module.weight, module.bias):
+            if p is not None:
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+
+
+def build_bottleneck(input_shape: list[int], n_classes: int, width: int, hidden: list[int], *,
+                     dropout: float = 0.0, gen: torch.Generator | None = None) -> nn.Sequential:
+    """The ``bottleneck`` head on (C, H, W) features: BatchNorm2d(C), 1x1 conv
+    C -> width (no bias: the BatchNorm after it has one), BatchNorm2d(width),
+    ReLU, Flatten, then [Dropout, Linear, ReLU] per hidden width and Dropout,
+    Linear to the classes. Plain modules only, so the exported network stays
+    a CNN; at inference BatchNorm is a fixed affine map and Dropout nothing."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    if len(input_shape) != 3:
+        raise HgmError(f"the bottleneck head needs (channels, height, width) features, got {input_shape}")
+    c, h, w = input_shape
+    dims = [width * h * w, *hidden, n_classes]
+    check_fits(4 * 4 * (c * width + sum(a * b for a, b in zip(dims, dims[1:]))), f"a bottleneck head {c}->{dims}")
+    conv = torch.nn.utils.skip_init(nn.Conv2d, c, width, kernel_size=1, bias=False)
+    _uniform_init(conv, c, gen)
+    mods: list[nn.Module] = [nn.BatchNorm2d(c), conv, nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten()]
+    for i in range(len(dims) - 1):
+        lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])
+        _uniform_init(lin, dims[i], gen)
+        mods += [nn.Dropout(dropout), lin] + ([nn.ReLU()] if i < len(dims) - 2 else [])
+    return nn.Sequential(*mods)
+
+
 def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int], *,
                gen: torch.Generator | None = None) -> nn.Sequential:
     """The classifier module: Flatten, then Linear layers with ReLUs between
@@ -53,10 +90,7 @@ def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int], *,
     mods: list[nn.Module] = [nn.Flatten()]
     for i in range(len(dims) - 1):
         lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])  # no draw from the global RNG
-        with torch.no_grad():
-            bound = 1.0 / math.sqrt(dims[i])
-            lin.weight.copy_((torch.rand(lin.weight.shape, generator=gen) * 2 - 1) * bound)
-            lin.bias.copy_((torch.rand(lin.bias.shape, generator=gen) * 2 - 1) * bound)
+        _uniform_init(lin, dims[i], gen)
         mods.append(lin)
         if i < len(dims) - 2:
             mods.append(nn.ReLU())
@@ -234,8 +268,13 @@ def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
     """§6: the linear or three-layer FC classifier, Adam on cross-entropy for cfg.adam_steps steps."""
     feats = ex.train
     dim = int(np.prod(feats.shape))
-    head = build_head(cfg.head, dim, ex.n_classes, cfg.hidden, gen=torch.Generator().manual_seed(seed)).to(feats.device)
-    if cfg.standardize:  # trained on standardised features; folded into the first layer afterwards
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.head == "bottleneck":  # standardises with its own first BatchNorm
+        head = build_bottleneck(list(feats.shape), ex.n_classes, cfg.bottleneck, cfg.hidden, dropout=cfg.dropout, gen=gen)
+    else:
+        head = build_head(cfg.head, dim, ex.n_classes, cfg.hidden, gen=gen)
+    head = head.to(feats.device).train()
+    if cfg.standardize and cfg.head != "bottleneck":  # trained on standardised features; folded in afterwards
         head.insert(1, _Standardized(*feature_moments(feats)).to(feats.device))
     y_t = torch.as_tensor(ex.y, dtype=torch.long)
 
@@ -250,14 +289,15 @@ def fit_adam(ex: Examples, cfg: ClassifierConfig, *, seed: int, budget: int = 0,
         head, batch_loss, len(feats), steps=cfg.adam_steps, batch_size=cfg.batch_size, lr=cfg.lr,
         weight_decay=cfg.weight_decay, seed=seed, eval_every=cfg.eval_every, evaluate=evaluate,
         label=f"{cfg.head} classifier", progress=progress, checkpoint=checkpoint, curves=curves,
+        schedule=cfg.lr_schedule,
     )
     stats = {"iterations": run.steps, "final_loss": run.final_loss, "train_seconds": run.seconds, "features": dim,
              "history": run.history}
-    if cfg.standardize:
+    if cfg.standardize and cfg.head != "bottleneck":
         std = head[1]
         del head[1]
         fold_standardization(head[1], std.mean, std.scale)
-    return FitResult(head.cpu(), run.curve, stats)
+    return FitResult(head.cpu().eval(), run.curve, stats)
 
 
 # --------------------------------------------------------------------------- shared
@@ -280,15 +320,25 @@ def accuracy(head: nn.Module, feats: FrozenFeatures, y: np.ndarray) -> float:
 
 
 def head_spec(head: nn.Sequential) -> list[int]:
-    """Layer widths [D, h1, ..., L] of a head built by ``build_head``."""
+    """Layer widths [D, h1, ..., L] of a head built by ``build_head``; of a
+    bottleneck head [D, bottleneck, h1, ..., L] (D: the flattened input)."""
+    convs = [m for m in head if isinstance(m, nn.Conv2d)]
     lins = [m for m in head if isinstance(m, nn.Linear)]
+    if convs:
+        cells = lins[0].in_features // convs[0].out_channels
+        return [convs[0].in_channels * cells, convs[0].out_channels] + [m.out_features for m in lins]
     return [lins[0].in_features] + [m.out_features for m in lins]
 
 
-def head_from_state(kind: str, dims: list[int], state: dict) -> nn.Sequential:
+def head_from_state(kind: str, dims: list[int], state: dict, input_shape: list[int] | None = None) -> nn.Sequential:
     if kind not in HEADS:
         raise HgmError(f"unknown classifier kind {kind!r}; expected one of {', '.join(HEADS)}")
-    head = build_head(kind, dims[0], dims[-1], dims[1:-1])
+    if kind == "bottleneck":
+        if not input_shape or len(input_shape) != 3 or int(np.prod(input_shape)) != dims[0] or len(dims) < 3:
+            raise HgmError(f"a bottleneck classifier of layer sizes {dims} does not fit features {input_shape}")
+        head = build_bottleneck(input_shape, dims[-1], dims[1], dims[2:-1])
+    else:
+        head = build_head(kind, dims[0], dims[-1], dims[1:-1])
     try:
         head.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -303,7 +353,7 @@ def load_classifier(path) -> tuple[nn.Sequential, dict, dict]:
 
     payload, meta = artifacts.load_pt(path, "classifier")
     try:
-        head = head_from_state(payload["kind"], payload["dims"], payload["state"])
+        head = head_from_state(payload["kind"], payload["dims"], payload["state"], payload.get("input_shape"))
         names, shape = payload["label_names"], payload["input_shape"]
     except (KeyError, TypeError) as e:
         raise ArtifactError(f"{path} is not a valid classifier file (missing {e})") from None
@@ -333,4 +383,6 @@ HEADS: dict[str, Head] = {
     "svm": Head(fit_svm, False, "§5.1: linear SVM, squared hinge, one-vs-rest (liblinear's objective)"),
     "linear": Head(fit_adam, False, "§6: one linear layer, Adam on cross-entropy"),
     "fc": Head(fit_adam, True, "§6: FC-ReLU hidden layers (384, 192) then linear, Adam on cross-entropy"),
+    "bottleneck": Head(fit_adam, True, "Thiry et al.: BN, shared 1x1 conv to `bottleneck` channels, BN, ReLU, "
+                                       "then the fc layers with dropout"),
 }

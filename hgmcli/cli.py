@@ -211,6 +211,7 @@ TRAIN_HELP = {
     "knn_q": "knn encoder: how many nearest centroids are 1 (a count, or a fraction of k below 1).",
     "activation": "The encoder after the cluster conv; auto: onehot on synthetic data, relu on images.",
     "normalize_patches": "The conv computes cosine similarity (--raw-patches: the plain dot product).",
+    "normalize_eps": "Divide by sqrt(|patch|^2 + this): weak patches stay short (0: exact cosines).",
     "pool": "Pooling after the encoder; auto: none on synthetic data, max on images.",
     "pool_size": "Pooling window (max, avg) or grid cells per side (grid: 2 = the quadrants).",
     "pool_stride": "Step between pooling windows (max, avg); auto: the window.",
@@ -242,6 +243,9 @@ CLASSIFIER_HELP = {
     "weight_decay": "Adam weight decay.",
     "flip": "Also train on the mirror images (2x the data).",
     "standardize": "Standardise each feature on the training split first (folded into the head).",
+    "bottleneck": "bottleneck head: channels of its 1x1 conv.",
+    "dropout": "bottleneck head: dropout before each linear layer.",
+    "lr_schedule": "Adam learning rate over the steps (cosine: decays to 0).",
 }
 BASELINE_HELP = {"arch": "Figure 3's comparison network.", "head": "fc (384-192 ReLU) or linear."}
 EVALUATE_HELP = {"split": "Which split to score."}  # evaluate.target is the pipeline's (config only)

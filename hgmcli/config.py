@@ -154,8 +154,9 @@ class ClusterConfig:
     # k-means and, identically, in the block (a conv of its own): Coates et al. 2011's largest factor
     whiten_eps: Rate = 0.1  # ZCA regulariser added to the covariance's eigenvalues, in units of their mean
     backend: Annotated[str, Choices("kmeans", "BACKENDS")] = "auto"  # auto: faiss if importable, else torch
-    init: Literal["auto", "kmeans++", "kmeans||", "random"] = "kmeans++"  # seeding (appendix B: k-means++);
-    # kmeans||: Bahmani et al.'s scalable k-means++; auto: greedy k-means++ where N*k is small, else kmeans||
+    init: Annotated[str, Choices("kmeans", "INITS")] = "auto"  # seeding: kmeans++ (appendix B), kmeans||
+    # (Bahmani et al.'s scalable k-means++), random; auto: greedy kmeans++ where N*k <= 2^23 (every
+    # synthetic config: exact recovery), else kmeans||. The paper-faithful CIFAR configs pin kmeans++
     seed_trials: Count | Auto = "auto"  # candidates per k-means++ step; 1: appendix B's plain D^2
     # sampling; auto: 2 + ln k, the greedy variant (measured: fewer bad local optima, see kmeans.py)
     restarts: Count = 1  # independent k-means runs; the lowest objective is kept
@@ -179,6 +180,8 @@ class TrainConfig:
     # synthetic data (the theory), relu on images (§6)
     knn_q: Rate = 0.1  # knn encoder: the q nearest centroids are 1 (a count >= 1, or a fraction of k below 1)
     normalize_patches: bool = True  # conv computes cosine similarity (divides by the patch norm)
+    normalize_eps: NonNeg = 0.0  # divide by sqrt(|patch|^2 + this) instead: weak (flat) patches stay short
+    # rather than becoming unit vectors of noise (Coates et al.'s +10); in the units of the (whitened) patches
     pool: Literal["auto", "max", "avg", "grid", "none"] = "auto"  # auto: none (synthetic), max (images);
     # grid: average over a pool_size x pool_size grid of equal cells (2: the quadrants), before caching
     pool_size: Count = 2  # pooling window (max, avg) or grid cells per side (grid)
@@ -214,7 +217,10 @@ class ClassifierConfig:
     batch_size: Count = 128  # examples per Adam step
     lr: Rate = 1e-3  # Adam learning rate
     weight_decay: NonNeg = 0.0
-    hidden: list[Count] = field(default_factory=lambda: [384, 192])  # fc hidden widths
+    hidden: list[Count] = field(default_factory=lambda: [384, 192])  # fc / bottleneck hidden widths
+    bottleneck: Count = 256  # bottleneck head: channels of its 1x1 conv
+    dropout: Annotated[float, Range(0, 1)] = 0.0  # bottleneck head: dropout before each linear layer
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # Adam heads; cosine: decay to 0 over adam_steps
     batch_size_features: Count = 256  # images per batch through the network
     flip: bool = False  # train on the training images and their mirror images (2x the data)
     standardize: bool = False  # train on features scaled to zero mean and unit variance (training split's),

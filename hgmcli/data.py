@@ -1,41 +1,69 @@
 """Datasets behind one ``--data`` option: a ``.npz``, CIFAR-10's python batches,
-or an image-folder tree; split into train / val / test as the paper does.
+Fashion-MNIST / MNIST IDX files, or an image-folder tree; split into
+train / val / test as the paper does.
 
-``--data`` may be
+``--data`` must be a regular file or a folder, and may be
 
 * a ``.npz`` written by ``hgm generate`` (or any ``.npz`` with ``x_train``,
-  ``y_train``, ``x_test``, ``y_test``), read with ``allow_pickle=False``;
+  ``y_train``, ``x_test``, ``y_test``), read with ``allow_pickle=False``. Images
+  are channels-first, (N, C, H, W) or (N, H, W); an array that looks
+  channels-last, (N, H, W, C), is refused rather than reinterpreted. Pixels are
+  uint8, integers in 0..255 (read as uint8) or finite floats of magnitude at
+  most 1e6. Every member's ``.npy`` header is checked against the member's size
+  before anything is allocated;
 * a folder holding ``cifar-10-batches-py/`` or that folder itself. The
   pickles are read by :class:`_CifarUnpickler`, which resolves only numpy's
   array reconstruction, ``numpy.ndarray`` and ``numpy.dtype``: a crafted
   pickle is refused before anything in it runs;
+* Fashion-MNIST or MNIST in torchvision's layout: a root holding
+  ``FashionMNIST/raw/`` or ``MNIST/raw/`` (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-*`` for the test split; each file may
+  be gzipped), the ``FashionMNIST`` / ``MNIST`` folder, or the folder holding
+  the IDX files (Fashion-MNIST when its or its parent's name contains
+  "fashion", MNIST otherwise; only the label names differ). A root holding
+  several datasets is read in this order: CIFAR-10, Fashion-MNIST, MNIST
+  (``$HGM_DATA`` has always meant CIFAR-10 there); name the dataset's folder to
+  pick another;
 * an image-folder tree ``root/<class>/<image>`` (torchvision's ImageFolder
   layout), or ``root/train/<class>/...`` with an optional ``root/test/``.
+  Symbolic links are followed only inside ``root``; a folder reached twice (a
+  link loop, or one class's folder linked under another) or one file under
+  two classes is an error, and only regular files of at most
+  ``MAX_IMAGE_BYTES`` are read.
 
 Splits (§6: "the last 10,000 training images as validation"): ``val`` is the
-last ``val_size`` rows of the training set, ``train`` the rows before it,
-``test`` the test set. Image folders are ordered by class, so their training
-rows are first permuted with ``seed``.
+last ``val_size`` rows of the training set (CIFAR-10, Fashion-MNIST, MNIST:
+10,000 by default), ``train`` the rows before it, ``test`` the test set. Image
+folders are ordered by class, so their training rows are first permuted with
+``seed``. A training split needs at least two classes.
 
-Images stay in the source's dtype: uint8 for CIFAR-10 and image folders
-(50,000 x 3 x 32 x 32 = 150 MB), float32 for synthetic data. Normalisation is
-a recipe (:func:`normalization`) applied per batch by the consumer, never a
-float copy of the whole set.
+Images stay in the source's dtype: uint8 for CIFAR-10, IDX files and image
+folders (50,000 x 3 x 32 x 32 = 150 MB), float32 for synthetic data.
+Normalisation is a recipe (:func:`normalization`) applied per batch by the
+consumer, never a float copy of the whole set.
 
 Measured on the 2-core dev box (no GPU, other jobs running): the five
 CIFAR-10 training batches load in 0.2-0.9 s; the 50,000-JPEG tree
 (``cifar10-train-jpeg.tar.gz``) decodes in 9-12 s with
 ``torchvision.io.decode_image``, one image at a time (PIL: 18 s; a thread pool
-made both slower on 2 cores), plus about 5 s to import torchvision. Both are
+made both slower on 2 cores), plus about 5 s to import torchvision;
+Fashion-MNIST's gzipped 60,000 training images decompress in 0.3-1 s. All are
 cached per process, so a pipeline reads them once.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import math
 import os
 import pickle
 import re
+import stat
+import struct
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 import dataclasses
 from dataclasses import dataclass, field
@@ -53,12 +81,29 @@ SPLITS = ("train", "val", "test")
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
-CIFAR_VAL_SIZE = 10_000  # the paper's validation slice: the last 10,000 training images
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torchvision checks it)
 
-AUTO_VAL_FRACTION = 0.1  # val slice when val_size is None and the data is not CIFAR-10
+# Fashion-MNIST / MNIST in torchvision's layout: <root>/<folder>/raw/<stem>[.gz]
+IDX_FOLDERS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}  # source -> folder, in detection order
+IDX_FILES = {  # part -> (images, labels)
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_LABEL_NAMES = {  # torchvision's class names
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+}
+
+# Validation rows when val_size is None: the paper's (and the usual) last 10,000
+# training images for the benchmarks, else this fraction.
+PAPER_VAL_SIZE = {"cifar10": 10_000, "fashion-mnist": 10_000, "mnist": 10_000}
+AUTO_VAL_FRACTION = 0.1
+
+MAX_IMAGE_BYTES = 64 << 20  # one image file; a 4096x4096 RGB PNG stored raw is 48 MiB
+MAX_PICKLE_BYTES = 256 << 20  # one CIFAR-10 batch is 31 MB
+MAX_DEFLATE_RATIO = 1032  # zlib's deflate cannot expand a byte into more than ~1032
 
 
 @dataclass
@@ -149,6 +194,8 @@ def load_dataset(
         part = _npz_part(path, part_name)
     elif source == "cifar10":
         part = _cifar_part(path, part_name)
+    elif source in IDX_FOLDERS:
+        part = _idx_part(path, part_name, source)
     else:
         part = _imagefolder_part(path, part_name, progress or no_progress)
 
@@ -168,6 +215,8 @@ def load_dataset(
             # Ordered by class: permute first, or val would be the last classes. (Fancy
             # indexing copies these rows; npz/CIFAR slices stay views of the cache.)
             rows = np.random.default_rng(seed).permutation(n)[rows]
+        if split == "train":
+            _check_two_classes(part.labels[rows], part.label_names, path)
     return Dataset(
         images=part.images[rows],
         labels=part.labels[rows],
@@ -231,17 +280,25 @@ def iter_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.
 
 def _detect(path: Path, download: bool, split: str) -> tuple[str, Path]:
     """(source, resolved data path) for ``--data``; downloads CIFAR-10 if asked."""
-    if path.is_file():
+    mode = path.stat().st_mode if path.exists() else stat.S_IFDIR  # missing: a folder to download into
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(
+            f"{path}: not a regular file or a folder but {_kind(mode)}; --data takes a .npz, "
+            "a CIFAR-10 or Fashion-MNIST/MNIST folder, or an image folder"
+        )
+    if stat.S_ISREG(mode):
         if path.suffix != ".npz":
             raise DataError(
-                f"{path}: not a dataset (expected a .npz, a CIFAR-10 folder or an image folder; "
-                "extract archives first)"
+                f"{path}: not a dataset (expected a .npz, a CIFAR-10 or Fashion-MNIST/MNIST folder or an "
+                "image folder; extract archives first)"
             )
         return "npz", path
     if (path / CIFAR_FOLDER).is_dir():
         folder = path / CIFAR_FOLDER
     elif path.name == CIFAR_FOLDER or (path / CIFAR_TRAIN_FILES[0]).exists():
         folder = path
+    elif idx := _detect_idx(path):
+        return idx
     elif download:
         folder = path / CIFAR_FOLDER
     else:
@@ -253,10 +310,25 @@ def _detect(path: Path, download: bool, split: str) -> tuple[str, Path]:
     return "cifar10", folder
 
 
+def _detect_idx(path: Path) -> tuple[str, Path] | None:
+    """(source, raw folder) when ``path`` is a root holding FashionMNIST/ or MNIST/
+    (in that order), one of those folders, or a folder holding IDX files."""
+    for source, name in IDX_FOLDERS.items():
+        if (path / name).is_dir():
+            return source, path / name / "raw"
+    for source, name in IDX_FOLDERS.items():
+        if path.name == name:
+            return source, path / "raw"
+    if any((path / stem).exists() or (path / f"{stem}.gz").exists() for stems in IDX_FILES.values() for stem in stems):
+        fashion = "fashion" in path.name.lower() or "fashion" in path.parent.name.lower()
+        return ("fashion-mnist" if fashion else "mnist"), path
+    return None
+
+
 def _val_count(val_size: float | str, n: int, source: str) -> int:
     """Rows in the validation slice: "auto", >= 1 a count, (0, 1) a fraction, 0 none."""
     if val_size == "auto":
-        count = CIFAR_VAL_SIZE if source == "cifar10" else round(AUTO_VAL_FRACTION * n)
+        count = PAPER_VAL_SIZE.get(source) or round(AUTO_VAL_FRACTION * n)
     elif val_size < 0:
         raise DataError(f"data.val_size must not be negative, got {val_size}")
     elif 0 < val_size < 1:
@@ -277,6 +349,83 @@ def _mtime(p: Path) -> int:
         return -1
 
 
+def _check_two_classes(labels: np.ndarray, names: list[str], path: Path) -> None:
+    """Every stage that loads the training split trains a classifier on it (or feeds one)."""
+    if len(labels) and labels.min() == labels.max():
+        raise DataError(
+            f"{path}: the training split holds only class {names[int(labels[0])]!r} ({len(labels)} images); "
+            "a classifier needs at least two classes"
+        )
+
+
+# --------------------------------------------------------------------------- bounded reading
+#
+# Every data file is opened by _open_regular: a FIFO, a device or a socket is refused
+# before it is opened for reading (a FIFO would block, /dev/zero never ends), and sizes
+# are checked against what the file can hold and what memory can take before anything
+# is allocated.
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link"}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _open_regular(path: Path, max_bytes: int | None = None) -> io.BufferedReader:
+    """``path`` opened for binary reading, if it is a regular file of at most ``max_bytes``."""
+
+    def check(st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file but {_kind(st.st_mode)}")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise DataError(f"{path}: {st.st_size} bytes, more than the {max_bytes} this reader accepts")
+
+    try:
+        check(os.stat(path))  # before opening: opening a device can do things of its own
+        # O_NONBLOCK: should the file have become a FIFO since, open() must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    try:
+        check(os.fstat(fd))  # what was opened is what was checked
+    except DataError:
+        f.close()
+        raise
+    return f
+
+
+def _listdir(d: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(d) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"{d}: cannot read: {e.strerror or e}") from None
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """The whole of a regular file of at most ``max_bytes``."""
+    with _open_regular(path, max_bytes) as f:
+        try:
+            raw = f.read(max_bytes + 1)  # + 1: a file that grew since the size check is still caught
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) > max_bytes:
+        raise DataError(f"{path}: more than the {max_bytes} bytes this reader accepts")
+    return raw
+
+
+def _check_fits(nbytes: int, path: Path, what: str) -> None:
+    """Refuse to allocate ``nbytes`` for ``what`` when available memory cannot hold it."""
+    from .features import available_memory  # lazy: features imports torch
+
+    free = available_memory()
+    if nbytes > free:
+        raise DataError(f"{path}: {what} need {nbytes / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB of memory is available")
+
+
 # --------------------------------------------------------------------------- .npz
 
 _NPZ_LATENT = re.compile(r"^(latent|patch)_(train|test)_(\d+)$")
@@ -290,26 +439,66 @@ def _npz_part(path: Path, part: str) -> _Part:
     return _CACHE[key]
 
 
+def _check_npz(path: Path) -> None:
+    """Refuse an ``.npz`` that is not a zip of plain ``.npy`` arrays, or whose
+    headers claim more than the file can hold or memory can take, before
+    ``np.load`` allocates anything (it allocates the header's shape first, then
+    reads: a 2 KB file claiming 10^12 images would ask for a terabyte)."""
+    try:
+        with _open_regular(path) as f, zipfile.ZipFile(f) as zf:
+            archive = os.fstat(f.fileno()).st_size
+            total = 0
+            for info in zf.infolist():
+                total += _check_npy_member(path, zf, info, archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, zlib.error) as e:  # RuntimeError: encrypted
+        raise DataError(f"{path}: not a readable .npz (not a zip archive of .npy arrays: {e})") from None
+    _check_fits(total, path, "its arrays")
+
+
+def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: int) -> int:
+    """Bytes of one member's array, checked against its header and its size in the zip."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise DataError(f"{path}: member {name!r} is not a .npy array")
+    name = name[:-4]
+    # What the member can really expand to: stored as is, or deflated (at most ~1032x).
+    ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: MAX_DEFLATE_RATIO}.get(info.compress_type)
+    if ratio is None:
+        raise DataError(f"{path}: '{name}' is compressed with zip method {info.compress_type}; np.savez uses stored or deflated")
+    if info.compress_size > archive or info.file_size > ratio * info.compress_size + 1024:
+        raise DataError(f"{path}: '{name}' claims {info.file_size} bytes but holds {info.compress_size}: corrupt")
+    with zf.open(info) as m:
+        try:
+            version = np.lib.format.read_magic(m)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(m)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(m)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except ValueError as e:
+            raise DataError(f"{path}: '{name}' is not a readable .npy array ({e})") from None
+        header = m.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: '{name}' holds object arrays, which hgm refuses to unpickle")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != info.file_size - header:
+        raise DataError(
+            f"{path}: '{name}' claims shape {shape} of {dtype} ({nbytes} bytes), "
+            f"but holds {info.file_size - header} bytes: truncated or corrupt"
+        )
+    return nbytes
+
+
 def _read_npz_part(path: Path, part: str) -> _Part:
+    _check_npz(path)
     arrays, meta = load_npz(path, "dataset", require_meta=False)  # ArtifactError if unreadable
     xk, yk = f"x_{part}", f"y_{part}"
     for k in (xk, yk):
         if k not in arrays:
             raise DataError(f"{path}: no array '{k}' (a dataset .npz holds x_train, y_train, x_test, y_test)")
-    x, y = arrays[xk], arrays[yk]
-    if x.ndim == 3:
-        x = x[:, None]  # (N, H, W) -> (N, 1, H, W), a view
-    if x.ndim != 4:
-        raise DataError(f"{path}: '{xk}' has shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
-    if len(x) == 0:
-        raise DataError(f"{path}: '{xk}' holds no images")
-    if x.dtype != np.uint8:
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise DataError(f"{path}: '{xk}' has dtype {x.dtype}; expected numbers")
-        x = x.astype(np.float32, copy=False)
-        for _, batch in iter_batches(x, 4096):  # bounded temporary, not a full bool copy
-            if not np.isfinite(batch).all():
-                raise DataError(f"{path}: '{xk}' contains NaN or infinite values")
+    x = _npz_images(arrays[xk], f"{path}: '{xk}'")
+    y = arrays[yk]
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -334,6 +523,46 @@ def _read_npz_part(path: Path, part: str) -> _Part:
             latents[f"{m.group(1)}_{m.group(3)}"] = a
     model_arrays = {k: v for k, v in arrays.items() if k.startswith("model_")}
     return _Part(x, y.astype(np.int64, copy=False), [str(n) for n in names], latents, meta, model_arrays)
+
+
+MAX_ABS_PIXEL = 1e6  # float pixels beyond this are not images ([0, 1], [0, 255], standardised, 16-bit...)
+
+
+def _npz_images(x: np.ndarray, what: str) -> np.ndarray:
+    """An .npz image array as (N, C, H, W): uint8, or float32 for floats. Integer
+    pixels must be 0..255 (they become uint8, read like CIFAR-10's); floats finite
+    and at most MAX_ABS_PIXEL in magnitude. Layouts are never guessed: (N, H, W, C)
+    is refused, not transposed."""
+    if x.ndim == 3:
+        x = x[:, None]  # (N, H, W) -> (N, 1, H, W), a view
+    if x.ndim != 4:
+        raise DataError(f"{what} has shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
+    n, c, h, w = x.shape
+    if w in (1, 3, 4) and c > 4 and h > 4:  # e.g. (N, 32, 32, 3): H x W images stored channels-last
+        raise DataError(
+            f"{what} has shape {x.shape}, which looks channels-last (N, H, W, C); hgm expects "
+            f"channels-first (N, C, H, W): save x.transpose(0, 3, 1, 2)"
+        )
+    if n == 0:
+        raise DataError(f"{what} holds no images")
+    if 0 in (c, h, w):
+        raise DataError(f"{what} has shape {x.shape}: images without pixels")
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.integer):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"{what} has {x.dtype} pixels in {lo}..{hi}; integer images must lie in 0..255 (uint8)")
+        return x.astype(np.uint8)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{what} has dtype {x.dtype}; expected uint8 or floating-point pixels")
+    for _, batch in iter_batches(x, 4096):  # bounded temporaries, not a full copy
+        peak = float(np.abs(batch).max())  # NaN if any pixel is NaN
+        if not np.isfinite(peak):
+            raise DataError(f"{what} contains NaN or infinite values")
+        if peak > MAX_ABS_PIXEL:
+            raise DataError(f"{what} has pixels of magnitude {peak:.3g}; images are expected within +-{MAX_ABS_PIXEL:.0e}")
+    return x.astype(np.float32, copy=False)
 
 
 def _check_labels(y: np.ndarray, n_classes: int, what: str) -> None:
@@ -390,14 +619,14 @@ def _unpickle(path: Path) -> dict:
     encoding="bytes" reads Python 2 strings as bytes (then normalised by
     _text), so str-keyed and bytes-keyed files come out the same."""
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path, MAX_PICKLE_BYTES) as f:
             obj = _CifarUnpickler(f, encoding="bytes").load()
     except _Refused as e:
         raise DataError(
             f"{path}: refused to unpickle {e.target} (CIFAR-10 pickles contain only numpy arrays)"
         ) from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    except DataError:
+        raise
     except Exception as e:  # arbitrary bytes make the pickle machine raise almost anything
         raise DataError(f"{path}: not a readable CIFAR-10 pickle (truncated or corrupt: {type(e).__name__})") from None
     if not isinstance(obj, dict):
@@ -467,13 +696,92 @@ def _download_cifar(root: Path) -> None:
         raise DataError(f"could not download CIFAR-10 from {CIFAR_URL} into {root}: {first}") from None
 
 
+# --------------------------------------------------------------------------- Fashion-MNIST / MNIST (IDX)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem``, else ``folder/stem.gz`` (torchvision keeps both after a download)."""
+    for p in (folder / stem, folder / f"{stem}.gz"):
+        if p.exists():
+            return p
+    return None
+
+
+def _idx_part(folder: Path, part: str, source: str) -> _Part:
+    """The training or test images (N, 1, 28, 28) uint8 and labels of an IDX folder."""
+    stems = IDX_FILES[part]
+    files = [_idx_file(folder, stem) for stem in stems]
+    for stem, f in zip(stems, files):
+        if f is None:
+            if part == "test":
+                raise DataError(
+                    f"{folder / stem}[.gz]: missing, so there is no test split; "
+                    "evaluate on --split val (the last 10,000 training images)"
+                )
+            raise DataError(f"{folder / stem}[.gz]: missing ({IDX_FOLDERS[source]} needs {' and '.join(stems)} in {folder})")
+    key = ("idx", str(folder), tuple((str(f), _mtime(f)) for f in files))
+    if key not in _CACHE:
+        images, labels = _read_idx(files[0], 3), _read_idx(files[1], 1)
+        if len(labels) != len(images):
+            raise DataError(f"{files[1]}: {len(labels)} labels, but {files[0].name} holds {len(images)} images")
+        names = IDX_LABEL_NAMES[source]
+        _check_labels(labels, len(names), str(files[1]))
+        _CACHE[key] = _Part(images[:, None], labels.astype(np.int64), names)  # (N, 1, H, W), a view
+    return _CACHE[key]
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions (3: images, 1: labels),
+    gzipped or not. The header (magic 0x0000080<ndim>, then the dimensions as
+    big-endian int32) must describe exactly the bytes that follow."""
+    with _open_regular(path) as raw:
+        size = os.fstat(raw.fileno()).st_size
+        gz = path.suffix == ".gz"
+        try:
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            head = f.read(4)
+            magic = 0x800 + ndim
+            if len(head) < 4 or struct.unpack(">I", head)[0] != magic:
+                what = "images" if ndim == 3 else "labels"
+                raise DataError(
+                    f"{path}: not an IDX file of {what} (magic {head.hex() or 'missing'}, expected {magic:08x})"
+                )
+            dims_raw = f.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", dims_raw)
+            if 0 in dims:
+                raise DataError(f"{path}: IDX dimensions {dims} describe no data")
+            count = math.prod(dims)
+            # Before allocating: the header's count must fit the file (exactly, uncompressed).
+            if gz and count > MAX_DEFLATE_RATIO * size:
+                raise DataError(f"{path}: the IDX header claims {dims} = {count} bytes, more than a {size}-byte gzip file can hold")
+            if not gz and count != size - 4 - 4 * ndim:
+                raise DataError(
+                    f"{path}: the IDX header claims {dims} = {count} bytes, but {size - 4 - 4 * ndim} follow "
+                    "(truncated, or not this kind of IDX file)"
+                )
+            _check_fits(count, path, "its IDX data")
+            out = np.empty(count, dtype=np.uint8)
+            view, got = memoryview(out), 0
+            while got < count and (n := f.readinto(view[got:])):
+                got += n
+            extra = len(f.read(1))
+        except (OSError, EOFError, zlib.error) as e:  # gzip: bad header, truncated stream, bad CRC
+            raise DataError(f"{path}: not a readable IDX file ({type(e).__name__}: {e})") from None
+    if got != count or extra:
+        raise DataError(
+            f"{path}: the IDX header claims {dims} = {count} bytes, but "
+            f"{'only ' + str(got) if got < count else 'more'} follow (truncated or corrupt)"
+        )
+    return out.reshape(dims)
+
+
 # --------------------------------------------------------------------------- image folders
 
 
 def _imagefolder_part(root: Path, part: str, progress: Progress) -> _Part:
     """All images of ``root/[train|test/]<class>/*`` as (N, 3, H, W) uint8, ordered by class."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
     if (root / "train").is_dir():
         tree = root / part
         if not tree.is_dir():
@@ -485,16 +793,7 @@ def _imagefolder_part(root: Path, part: str, progress: Progress) -> _Part:
     key = ("imagefolder", str(tree), _mtime(tree), tuple(_mtime(d) for d in sorted(tree.iterdir()) if d.is_dir()))
     if key in _CACHE:
         return _CACHE[key]
-    try:
-        classes, class_to_idx = find_classes(tree)
-        samples = make_dataset(tree, class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:  # torchvision: no class folders, or a class without images
-        raise DataError(
-            f"{tree}: not a dataset: {e} (--data takes a .npz, a folder holding {CIFAR_FOLDER}/, "
-            "or an image folder root/<class>/<image>)"
-        ) from None
-    if not samples:
-        raise DataError(f"{tree}: no images found")
+    classes, samples = _find_images(tree, root)
     images = None
     labels = np.array([c for _, c in samples], dtype=np.int64)
     n = len(samples)
@@ -506,6 +805,7 @@ def _imagefolder_part(root: Path, part: str, progress: Progress) -> _Part:
         for i, (file, _) in enumerate(samples):
             img = _read_image(file, decode)  # (3, H, W) uint8
             if images is None:
+                _check_fits(n * img.nbytes, tree, f"{n} images of {img.shape[2]}x{img.shape[1]}")
                 images = np.empty((n, *img.shape), dtype=np.uint8)
             elif img.shape != images.shape[1:]:
                 raise DataError(
@@ -515,8 +815,86 @@ def _imagefolder_part(root: Path, part: str, progress: Progress) -> _Part:
             images[i] = img
             if i % 1000 == 999 or i == n - 1:
                 progress("decoding images", i + 1, n)
-    _CACHE[key] = _Part(images, labels, list(classes))
+    _CACHE[key] = _Part(images, labels, classes)
     return _CACHE[key]
+
+
+def _find_images(tree: Path, root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, [(file, class id)]) of ``tree/<class>/**/<image>``: what
+    torchvision's ImageFolder finds (sorted class folders, files with an image
+    extension, sub-folders included, the same order), but bounded. Symbolic
+    links are followed only to targets inside ``root``; a folder reached twice
+    (a loop, or one class linked under another) and one file under two classes
+    are errors; every image must be a regular file of at most MAX_IMAGE_BYTES."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    seen_dirs: dict[tuple[int, int], Path] = {}
+    seen_files: dict[tuple[int, int], tuple[Path, int]] = {}
+
+    def follow(p: Path) -> os.stat_result:
+        """stat of what ``p`` names, refusing a link that leaves ``root``."""
+        if p.is_symlink() and not Path(os.path.realpath(p)).is_relative_to(root):
+            raise DataError(
+                f"{p}: a symbolic link to {os.path.realpath(p)}, outside {root}; "
+                "image folders follow links only inside the data folder"
+            )
+        try:
+            return p.stat()
+        except OSError as e:  # a dangling link, a loop of links (ELOOP)...
+            raise DataError(f"{p}: cannot read: {e.strerror or e}") from None
+
+    def enter(d: Path, st: os.stat_result) -> None:
+        first = seen_dirs.setdefault((st.st_dev, st.st_ino), d)
+        if first != d:
+            raise DataError(
+                f"{d}: the same folder as {first} (a symbolic link loop, or a folder linked under "
+                "two names); an image folder must be a plain tree"
+            )
+
+    def walk(top: Path, label: int) -> list[tuple[str, list[tuple[Path, int]]]]:
+        """[(folder, its images)] for top and its sub-folders, like os.walk(followlinks=True);
+        a stack, not recursion, so that no depth of nesting overflows."""
+        found, stack = [], [top]
+        while stack:
+            d = stack.pop()
+            enter(d, follow(d))
+            files = []
+            for entry in _listdir(d):
+                p = Path(entry.path)
+                is_image = entry.name.lower().endswith(IMG_EXTENSIONS)
+                if not (is_image or entry.is_dir()):  # is_dir() follows links; errors and loops give False
+                    continue
+                st = follow(p)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(p)
+                elif not stat.S_ISREG(st.st_mode):
+                    raise DataError(f"{p}: not a regular file but {_kind(st.st_mode)}; image folders hold only image files")
+                elif st.st_size > MAX_IMAGE_BYTES:
+                    raise DataError(f"{p}: {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} accepted for one image")
+                else:
+                    first, first_label = seen_files.setdefault((st.st_dev, st.st_ino), (p, label))
+                    if first_label != label:
+                        raise DataError(f"{p}: the same file as {first}, under two classes")
+                    files.append((p, label))
+            found.append((str(d), files))
+        return found
+
+    enter(tree, follow(tree))  # root/train may be a link too
+    classes = [e.name for e in _listdir(tree) if e.is_dir()]
+    if not classes:
+        raise DataError(
+            f"{tree}: not a dataset: no class folders (--data takes a .npz, a folder holding {CIFAR_FOLDER}/ "
+            "or FashionMNIST/, or an image folder root/<class>/<image>)"
+        )
+    samples, empty = [], []
+    for label, name in enumerate(classes):
+        found = [f for _, fs in sorted(walk(tree / name, label)) for f in fs]  # sorted(os.walk(...)) order
+        samples += found
+        if not found:
+            empty.append(name)
+    if empty:
+        raise DataError(f"{tree}: no images in class folder(s) {', '.join(empty)} (image extensions: {', '.join(IMG_EXTENSIONS)})")
+    return classes, samples
 
 
 def _image_decoder():
@@ -530,28 +908,26 @@ def _image_decoder():
     return lambda raw: decode_image(torch.frombuffer(raw, dtype=torch.uint8), mode=ImageReadMode.RGB).numpy()
 
 
-def _read_image(file: str, decode) -> np.ndarray:
+def _read_image(file: Path, decode) -> np.ndarray:
     """One image as (3, H, W) uint8 RGB: torchvision.io for JPEG/PNG/WebP/GIF,
-    torchvision's PIL loader (ImageFolder's default) for BMP, TIFF, PPM."""
-    from torchvision.datasets.folder import pil_loader
+    PIL (ImageFolder's default loader) for BMP, TIFF, PPM."""
+    from PIL import Image
 
-    try:
-        with open(file, "rb") as f:
-            raw = bytearray(f.read())
-    except OSError as e:
-        raise DataError(f"{file}: cannot read: {e.strerror or e}") from None
+    raw = bytearray(_read_file(file, MAX_IMAGE_BYTES))
     if decode is not None and raw:
         try:
             return decode(raw)
         except (RuntimeError, ValueError):
             pass  # a format torchvision.io does not decode, or a corrupt file: PIL decides
     try:
-        return np.asarray(pil_loader(file)).transpose(2, 0, 1)  # PIL gives (H, W, 3)
+        with Image.open(io.BytesIO(raw)) as img:
+            return np.asarray(img.convert("RGB")).transpose(2, 0, 1)  # PIL gives (H, W, 3)
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
         raise DataError(f"{file}: not a readable image ({type(e).__name__})") from None
 
 
-__all__ = ["Dataset", "SPLITS", "clear_cache", "iter_batches", "load_dataset", "normalization", "resolve_root"]
+__all__ = ["Dataset", "SPLITS", "clear_cache", "data_path", "iter_batches", "load_dataset", "normalization",
+           "resolve_root", "with_flips"]
 
 
 def with_flips(ds: Dataset) -> Dataset:

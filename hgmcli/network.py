@@ -197,6 +197,7 @@ class ClusterConv(nn.Module):
         center: bool = False,
         activation: str = "relu",
         q: float = 0.1,
+        norm_eps: float = 0.0,
     ):
         super().__init__()
         if activation not in ENCODERS:
@@ -215,6 +216,10 @@ class ClusterConv(nn.Module):
         self.center = bool(center)
         self.activation = activation
         self.q = float(q)  # the knn encoder's q (a count, or a fraction of k below 1)
+        # Soft normalisation: divide by sqrt(|patch|^2 + norm_eps). 0: exact cosines. Above 0, a patch much
+        # weaker than sqrt(norm_eps) (a flat patch, after whitening mostly noise) stays short instead of being
+        # blown up to a unit vector: Coates et al.'s "+10" in their contrast normalisation.
+        self.norm_eps = float(norm_eps)
         self.encoder = ENCODERS[activation](bias=self.bias, q=self.q)
 
     def similarity(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +238,7 @@ class ClusterConv(nn.Module):
             sum2 = F.conv2d((x * x).sum(dim=1, keepdim=True), ones, stride=self.stride, padding=self.padding)
             if self.center:
                 sum2 = sum2 - dim * mean * mean
-            z = z / torch.sqrt(sum2.clamp_min(0.0) + 1e-12)
+            z = z / torch.sqrt(sum2.clamp_min(0.0) + max(self.norm_eps, 1e-12))
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +289,7 @@ def fused_frozen(block: "Block", x: torch.Tensor) -> torch.Tensor:
         if c.center:
             cols = cols - cols.mean(dim=2, keepdim=True)
         if c.normalize:
-            cols = cols * torch.rsqrt((cols * cols).sum(dim=2, keepdim=True) + 1e-12)
+            cols = cols * torch.rsqrt((cols * cols).sum(dim=2, keepdim=True) + max(c.norm_eps, 1e-12))
         y = (cols.reshape(-1, cols.shape[2]) @ weight).view(n, ho, wo, c.k)  # channels-last
         if pool_first and p > 1 and block.pool_stride == p:
             hp, wp = ho // p, wo // p  # max over the p x p window via strided views (amax is slow on CPU)
@@ -432,6 +437,7 @@ def block_spec(b: nn.Module, extra: dict | None = None) -> dict:
         "center": c.center,
         "activation": c.activation,
         "q": c.q,
+        "norm_eps": c.norm_eps,
         "pool": b.pool_kind,
         "pool_size": b.pool_size,
         "pool_stride": b.pool_stride,
@@ -457,6 +463,7 @@ def block_from_spec(spec: dict) -> nn.Module:
         center=spec["center"],
         activation=spec["activation"],
         q=spec.get("q", 0.1),
+        norm_eps=spec.get("norm_eps", 0.0),  # files before it: exact cosines
     )
     w = spec.get("whiten")
     whiten = Whiten(w["weight"], w["bias"], w["stride"], w["padding"]) if w is not None else None
@@ -502,6 +509,9 @@ def check_block_spec(spec: Any, where: str) -> None:
         if spec.get("activation") not in ENCODERS or spec.get("pool") not in POOLS:
             raise ValueError(f"{where}: unknown encoder {spec.get('activation')!r} or pool {spec.get('pool')!r}")
         ints = {"stride": 1, "padding": 0, "pool_size": 1}
+        eps = spec.get("norm_eps", 0.0)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (0 <= eps < float("inf")):
+            raise ValueError(f"{where}: norm_eps must be a finite number >= 0, got {eps!r}")
         w = spec.get("whiten")
         if w is not None and (not isinstance(w, dict) or _tensor(w, "weight", 4, where).shape[0] != c.shape[1]):
             raise ValueError(f"{where}: the whitening does not match the centroids")

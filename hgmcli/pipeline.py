@@ -111,7 +111,8 @@ class Curves:
     def from_stats(self, stage: str, stats: dict) -> None:
         """The curves a finished stage keeps in its stats: k-means' objective per
         Lloyd iteration, TLGD's loss; an Adam loop's history was written live."""
-        for i, v in enumerate(stats.get("objective") or []):
+        objective = stats.get("objective")
+        for i, v in enumerate(objective if isinstance(objective, list) else []):  # the SVM's is one number
             self(stage, "objective", i, v)
         if stats.get("mode") == "gd-linear":
             for i, v in enumerate(stats.get("loss") or []):

@@ -22,7 +22,7 @@ import dataclasses
 import torch
 
 from .config import ClassifierConfig, ClusterConfig, TrainConfig
-from .errors import HgmError
+from .errors import ConfigError, HgmError
 
 
 def level_below(ds, n_blocks: int) -> int:
@@ -89,5 +89,8 @@ def resolve_classifier(cfg: ClassifierConfig, n: int, dim: int, device: torch.de
     from .classify import svm_backend
 
     out = dataclasses.replace(cfg)
+    if out.head == "bottleneck" and out.standardize:
+        raise ConfigError("classifier.standardize is for the svm, linear and fc heads; the bottleneck head "
+                          "standardises with its first BatchNorm")
     out.svm_backend = svm_backend(out.svm_backend, n, dim, device, budget)
     return out

@@ -165,7 +165,8 @@ def run_stage(
     ckpt = None
     if spec.kind is not None and out is not None and not dist.active():
         ckpt = StageCheckpoint(Path(out), {"stage": stage, "config": record, "seed": seed,
-                                           "inputs": {r: artifacts.file_hash(q) for r, q in inputs.items() if q}})
+                                           "inputs": {r: artifacts.file_hash(q) if Path(q).exists() else "missing"  # the body says why
+                                                      for r, q in inputs.items() if q}})
     t0 = time.perf_counter()
     produced = body(dev, ckpt)
     stats = {**(_device_stats(dev) if dev is not None else {}), **produced.stats,

@@ -178,7 +178,7 @@ def train_layer(data_cfg, cfg, *, centroids: str | Path, out: str | Path, model:
             geometry = dict(stride=1, padding=0)
         conv = ClusterConv(torch.from_numpy(cents), bias=rcfg.bias, normalize=rcfg.normalize_patches,
                            center=bool(cmeta.get("center", False)), activation=rcfg.activation, q=rcfg.knn_q,
-                           **geometry)
+                           norm_eps=rcfg.normalize_eps, **geometry)
         block = Block(conv, rcfg.pool, rcfg.pool_size, whiten=whiten, pool_stride=rcfg.pool_stride)
         net.to(dev).eval()
         block.to(dev).eval()

@@ -180,6 +180,6 @@ def test_old_records_compare_equal_in_todays_spelling():
            "cluster": {"k": None, "patches": 5, "patch_size": None, "stride": None, "center": False, "backend": "auto",
                        "init": "kmeans++", "seed_trials": None, "restarts": 1, "iterations": 25,
                        "max_points_per_centroid": None, "batch_size": 256}}
-    new = {"data": to_dict(DataConfig(root="/d")), "cluster": to_dict(ClusterConfig(patches=5))}
+    new = {"data": to_dict(DataConfig(root="/d")), "cluster": to_dict(ClusterConfig(patches=5, init="kmeans++"))}
     assert upgrade_record(old) == upgrade_record(new)
     assert upgrade_record({"cluster": {"nonsense": 1}}) == {"cluster": {"nonsense": 1}}  # unreadable: unchanged

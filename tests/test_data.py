@@ -149,7 +149,7 @@ def test_npz_without_test_split_and_object_arrays(tmp_path):
         load_dataset(cfg(path), "test")
     evil = tmp_path / "obj.npz"
     np.savez(evil, x_train=np.array([object()] * 3, dtype=object), y_train=np.zeros(3, int))
-    with pytest.raises(ArtifactError, match="object arrays"):
+    with pytest.raises(DataError, match="'x_train' holds object arrays"):
         load_dataset(cfg(evil), "train")
 
 
@@ -404,10 +404,10 @@ def test_image_folder_train_test_layout(tmp_path):
 
 
 def test_image_folder_errors(tmp_path):
-    with pytest.raises(DataError, match="not a dataset: Couldn't find any class folder"):
+    with pytest.raises(DataError, match="not a dataset: no class folders"):
         load_dataset(cfg(tmp_path), "train")
     (tmp_path / "cat").mkdir()
-    with pytest.raises(DataError, match="not a dataset: Found no valid file"):
+    with pytest.raises(DataError, match=r"no images in class folder\(s\) cat \(image extensions: .jpg"):
         load_dataset(cfg(tmp_path), "train")
     make_folder(tmp_path)
     write_png(tmp_path / "dog" / "big.png", 1, size=(16, 16))

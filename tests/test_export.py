@@ -23,7 +23,7 @@ def run(*args):
 
 @pytest.fixture(scope="module", params=["smoke", "levers"])
 def trained(request, tmp_path_factory):
-    """A synthetic run (one-hot blocks, SVM) and an image run with every lever (whitening, knn, grid pool, fc head)."""
+    """A synthetic run (one-hot blocks, SVM) and an image run with every lever (whitening, knn, soft normalisation, grid pool, bottleneck head)."""
     d = tmp_path_factory.mktemp(f"export-{request.param}")
     if request.param == "smoke":
         assert run("pipeline", "--config", "smoke", "--out", d / "run", "--set", "generate.n_train=1500").exit_code == 0
@@ -37,9 +37,9 @@ def trained(request, tmp_path_factory):
     assert run("cluster", *common, "--whiten", "zca", "--patch-size", 3, "--k", 16, "--patches", 3000,
                "--out", d / "c.npz").exit_code == 0
     assert run("train-layer", *common, "--centroids", d / "c.npz", "--activation", "knn", "--knn-q", 4,
-               "--pool", "grid", "--pool-size", 2, "--out-channels", 6, "--epochs", 1, "--out", d / "n.pt").exit_code == 0
-    assert run("fit-svm", *common, "--model", d / "n.pt", "--head", "fc", "--adam-steps", 30, "--eval-every", 10,
-               "--out", d / "fc.pt").exit_code == 0
+               "--pool", "grid", "--pool-size", 2, "--normalize-eps", 0.5, "--out-channels", 6, "--epochs", 1, "--out", d / "n.pt").exit_code == 0
+    assert run("fit-svm", *common, "--model", d / "n.pt", "--head", "bottleneck", "--bottleneck", 5, "--dropout", 0.2,
+               "--lr-schedule", "cosine", "--adam-steps", 30, "--eval-every", 10, "--out", d / "fc.pt").exit_code == 0
     return d, common, d / "n.pt", d / "fc.pt", np.load(d / "img.npz")["x_test"]
 
 

@@ -49,13 +49,14 @@ def test_the_whitened_block_is_whiten_then_conv_in_both_paths():
     b = torch.randn(d)
     cents = torch.nn.functional.normalize(torch.randn(k, d), dim=1).view(k, d, 1, 1)
     x = torch.randn(4, c, 12, 12)
-    for activation in ("relu", "triangle", "knn", "onehot"):
+    for activation, eps in (("relu", 0.0), ("triangle", 0.0), ("triangle", 30.0), ("knn", 0.0), ("onehot", 0.0)):
         for pool, size in (("max", 2), ("grid", 2), ("avg", 3)):
-            block = network.Block(network.ClusterConv(cents, bias=-0.1, activation=activation, q=3), pool, size,
-                                  whiten=network.Whiten(a, b, stride=1, padding=2))
-            # the definition: whiten each patch, cosine with every centroid, encode, pool
+            block = network.Block(network.ClusterConv(cents, bias=-0.1, activation=activation, q=3, norm_eps=eps),
+                                  pool, size, whiten=network.Whiten(a, b, stride=1, padding=2))
+            # the definition: whiten each patch, (soft) cosine with every centroid, encode, pool
             y = torch.nn.functional.conv2d(x, a, b, padding=2)                       # (B, d, H, W)
-            cos = torch.einsum("bdhw,kd->bkhw", y, cents.view(k, d)) / y.norm(dim=1, keepdim=True)
+            norm = torch.sqrt((y * y).sum(dim=1, keepdim=True) + eps) if eps else y.norm(dim=1, keepdim=True)
+            cos = torch.einsum("bdhw,kd->bkhw", y, cents.view(k, d)) / norm
             want = block.pool(block.cluster.encoder(cos))
             assert network.fused_applies(block)
             torch.testing.assert_close(network.fused_frozen(block, x), want, atol=1e-4, rtol=1e-4)
@@ -181,3 +182,64 @@ def test_standardised_heads_fold_into_a_plain_head(whitened_run, head, tmp_path)
     assert r.exit_code == 0, r.output
     h, payload, _ = classify.load_classifier(tmp_path / "h.pt")
     assert [type(m).__name__ for m in h][:2] == ["Flatten", "Linear"]
+
+
+# --------------------------------------------------------------------------- soft normalisation, bottleneck head
+
+
+def test_soft_normalisation_keeps_weak_patches_short_and_strong_ones_unit():
+    cents = torch.nn.functional.normalize(torch.randn(8, 12, generator=torch.Generator().manual_seed(0)), dim=1)
+    conv = network.ClusterConv(cents.view(8, 12, 1, 1), activation="relu", norm_eps=1.0)
+    direction = cents[0].view(1, 12, 1, 1)
+    weak, strong = conv.similarity(0.01 * direction), conv.similarity(100.0 * direction)
+    assert weak[0, 0].item() < 0.02  # |x| = 0.01: cos shrunk by |x| / sqrt(|x|^2 + 1)
+    assert abs(strong[0, 0].item() - 1.0) < 1e-4  # |x| >> 1: the exact cosine
+    rebuilt = network.block_from_spec(network.block_spec(network.Block(conv, "none")))
+    assert rebuilt.cluster.norm_eps == 1.0
+
+
+def test_the_cosine_schedule_halves_the_second_step():
+    """Adam's first steps on a linear loss move each weight by exactly the learning rate; with the
+    cosine schedule over 2 steps the second one is lr * (1 + cos(pi/2)) / 2 = lr / 2."""
+    from hgmcli import adam
+
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        w = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(w.weight)
+        adam.train(w, lambda idx: (w.weight.sum(), torch.tensor(0)), 4, steps=2, batch_size=4, lr=0.1,
+                   weight_decay=0.0, seed=0, eval_every=10, schedule=schedule)
+        moved[schedule] = -w.weight.item()
+    assert moved["constant"] == pytest.approx(0.2, rel=1e-4)
+    assert moved["cosine"] == pytest.approx(0.15, rel=1e-4)
+
+
+def test_the_bottleneck_head_is_a_shared_1x1_conv_and_survives_save_and_load():
+    from hgmcli import classify
+
+    head = classify.build_bottleneck([6, 3, 3], 4, 5, [7], dropout=0.5)
+    x = torch.randn(10, 6, 3, 3)
+    head.train()
+    for _ in range(3):  # move the BatchNorm statistics off their defaults
+        head(x)
+    head.eval()
+    dims = classify.head_spec(head)
+    assert dims == [54, 5, 7, 4]
+    again = classify.head_from_state("bottleneck", dims, head.state_dict(), [6, 3, 3])
+    torch.testing.assert_close(again.eval()(x), head(x))
+    # the 1x1 conv: every grid cell through the same (5, 6) matrix
+    conv = head[1]
+    torch.testing.assert_close(conv(x)[:, :, 2, 1], x[:, :, 2, 1] @ conv.weight.view(5, 6).t())
+    with pytest.raises(Exception, match="does not fit"):
+        classify.head_from_state("bottleneck", dims, head.state_dict(), [6, 9])
+
+
+def test_a_bottleneck_head_trains_through_fit_svm(whitened_run, tmp_path):
+    d, common = whitened_run[0], whitened_run[1]
+    r = CliRunner().invoke(app, ["fit-svm", *map(str, common), "--model", str(d / "n.pt"), "--head", "bottleneck",
+                                 "--bottleneck", "4", "--dropout", "0.1", "--lr-schedule", "cosine", "--adam-steps", "40",
+                                 "--eval-every", "20", "--out", str(tmp_path / "b.pt"), "--json"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["fit-svm", *map(str, common), "--model", str(d / "n.pt"), "--head", "bottleneck",
+                                 "--standardize", "--out", str(tmp_path / "c.pt")])
+    assert r.exit_code == 1 and "BatchNorm" in r.output

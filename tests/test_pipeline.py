@@ -219,3 +219,14 @@ def test_two_real_pipelines_on_one_folder(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 0
     for f in ("data.npz", "layer1/centroids.npz", "layer1/network.pt", "layer2/network.pt", "classifier.pt"):
         assert artifacts.load_meta(run / f)["seed"] == 0, f
+
+
+def test_curves_keep_lloyd_objectives_and_skip_the_svms_single_objective(tmp_path):
+    from hgmcli.pipeline import Curves
+
+    curves = Curves(tmp_path / "curves.csv")
+    curves.from_stats("cluster 1", {"objective": [0.5, 0.4]})
+    curves.from_stats("fit-svm", {"objective": 123.0, "solver": "torch-lbfgs"})  # one number: no curve
+    curves.close()
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert lines == ["stage,step,metric,value", "cluster 1,0,objective,0.5", "cluster 1,1,objective,0.4"]
