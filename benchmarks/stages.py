@@ -10,7 +10,11 @@ takes at this machine's measured fp32 GEMM rate and memory bandwidth
 repeats the chain at several training-set sizes (the growth table).
 
     python benchmarks/stages.py --data ../shared/data                      # cifar-cpu.yaml, 40k images
-    python benchmarks/stages.py --data ../shared/data --sizes 10000 20000 40000
+    python benchmarks/stages.py --data ../shared/data --sizes 10000 20000 40000   # both tables, one run
+
+A size is a number of training images: the first ``size`` images train and
+the 10,000 after them validate (``data.limit = size + 10000``), so 40,000 is
+the standard protocol (data_batch_5 validates).
 
 The FLOP counts are the model's, not a profiler's: a frozen conv over N
 images is 2 N H' W' (C s^2) k; an Adam epoch of the 1x1 conv is
@@ -101,8 +105,8 @@ def chain(config: Path, data: str, limit: int | None, folder: Path, sets: list[s
     """Run the config's stages as single commands into ``folder``; {stage: (seconds, peak RSS GiB)}."""
     hgm = [sys.executable, "-m", "hgmcli"]
     common = ["--config", str(config), "--data", data, *(f"--set={s}" for s in sets)]
-    if limit is not None:
-        common.append(f"--set=data.limit={limit}")
+    if limit is not None:  # the first `limit` images train, the next 10,000 validate
+        common += [f"--set=data.limit={limit + 10_000}", "--set=data.val_size=10000"]
     cfg = load_config(PipelineConfig, config, sets)
     out, model = {}, []
     for i in range(1, len(cfg.layers) + 1):
@@ -124,6 +128,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--sizes", type=int, nargs="*", help="training-set sizes for the growth table (data.limit)")
     p.add_argument("--set", action="append", default=[], dest="sets")
+    p.add_argument("--keep", type=Path, help="write the artifacts under this folder (one subfolder per size) "
+                                             "instead of a temporary one")
     args = p.parse_args()
     config = resolve_config(args.config)
     cfg = load_config(PipelineConfig, config, args.sets)
@@ -133,21 +139,27 @@ def main() -> None:
     sizes = args.sizes or [None]
     results = {}
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            results[size] = chain(config, args.data, size, Path(tmp), args.sets)
+        if args.keep is not None:
+            folder = args.keep / f"size-{size or 'all'}"
+            folder.mkdir(parents=True, exist_ok=True)
+            results[size] = chain(config, args.data, size, folder, args.sets)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                results[size] = chain(config, args.data, size, Path(tmp), args.sets)
         print(f"size {size or 'all'}: val accuracy {results[size]['val accuracy'][0]:.4f}", flush=True)
     n_val = 10_000
-    if len(sizes) == 1:
-        n_train = (sizes[0] or 50_000) - n_val
-        model = work(cfg, n_train, n_val)
-        print(f"\n| stage | measured | work | bound at {gemm / 1e9:.0f} GF/s, {bw / 1e9:.0f} GB/s | ratio | peak RSS |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for stage, (flops, nbytes) in model.items():
-            secs, rss = results[sizes[0]][stage]
-            bound = max(flops / gemm, nbytes / bw)
-            print(f"| {stage} | {secs:.0f} s | {flops / 1e12:.2f} TFLOP, {nbytes / 1e9:.1f} GB | {bound:.0f} s | "
-                  f"{secs / max(bound, 1e-9):.1f}x | {rss:.2f} GiB |")
-    else:
+    largest = max(sizes, key=lambda v: v or 40_000)
+    # the stage table, at the largest size
+    n_train = largest or 40_000
+    model = work(cfg, n_train, n_val)
+    print(f"\n| stage | measured | work | bound at {gemm / 1e9:.0f} GF/s, {bw / 1e9:.0f} GB/s | ratio | peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for stage, (flops, nbytes) in model.items():
+        secs, rss = results[largest][stage]
+        bound = max(flops / gemm, nbytes / bw)
+        print(f"| {stage} | {secs:.0f} s | {flops / 1e12:.2f} TFLOP, {nbytes / 1e9:.1f} GB | {bound:.0f} s | "
+              f"{secs / max(bound, 1e-9):.1f}x | {rss:.2f} GiB |")
+    if len(sizes) > 1:
         stages = [s for s in results[sizes[0]] if s != "val accuracy"]
         print("\n| stage | " + " | ".join(f"{s:,} images" for s in sizes) + " |")
         print("| --- |" + " --- |" * len(sizes))

@@ -365,7 +365,8 @@ def _hgm_version() -> str:
     return __version__
 
 
-def _dist_version(name: str) -> str | None:
+def dist_version(name: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return importlib_metadata.version(name)
     except importlib_metadata.PackageNotFoundError:
@@ -382,7 +383,7 @@ def versions() -> dict[str, str | None]:
         "torch": torch.__version__,
     }
     for dist in ("faiss-cpu", "faiss-gpu", "scikit-learn"):
-        if (ver := _dist_version(dist)) is not None:
+        if (ver := dist_version(dist)) is not None:
             v[dist] = ver
     return v
 

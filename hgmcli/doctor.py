@@ -18,9 +18,9 @@ import os
 import platform
 import sys
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 
+from .artifacts import dist_version
 from .errors import ConfigError
 
 # Distributions whose versions the report lists (None: not installed).
@@ -60,7 +60,7 @@ def report() -> dict:
     rep = {
         "hgm": {
             "version": __version__,
-            "distribution": _dist("hgmcli"),
+            "distribution": dist_version("hgmcli"),
             "location": str(Path(__file__).resolve().parent),
             "bundled_configs": len(bundled()),
         },
@@ -70,7 +70,7 @@ def report() -> dict:
             "executable": sys.executable,
             "platform": platform.platform(),
         },
-        "packages": {name: _dist(name) for name in PACKAGES},
+        "packages": {name: dist_version(name) for name in PACKAGES},
         "torch": {
             "version": torch.__version__,
             "cuda_build": torch.version.cuda,  # None: a CPU-only build
@@ -225,19 +225,13 @@ def _why_missing(rep: dict, piece: str) -> str | None:
 # --------------------------------------------------------------------------- sections
 
 
-def _dist(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
 
 def _v(version: str | None) -> str:
     return version if version is not None else "not installed"
 
 
 def _faiss_info() -> dict:
-    dists = [d for d in ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11") if _dist(d) is not None]
+    dists = [d for d in ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11") if dist_version(d) is not None]
     info = {"version": None, "distributions": dists, "gpu_build": False, "gpus": 0,
             "threads": None, "error": None}
     try:
@@ -268,10 +262,10 @@ def _nvidia_driver() -> str | None:
 
 
 def _devices(torch) -> list[dict]:
-    from .features import available_memory
+    from .features import available_memory, meminfo
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    total = _total_memory()
+    total = meminfo("MemTotal")
     mem = f"{available_memory() / GiB:.1f} GiB available" + (f" of {total / GiB:.1f} GiB" if total else "")
     devs = [{
         "name": "cpu",
@@ -291,15 +285,7 @@ def _devices(torch) -> list[dict]:
     return devs
 
 
-def _total_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+
 
 
 def _auto() -> dict:

@@ -37,15 +37,22 @@ GPU_CACHE_SHARE = 0.5  # of the *GPU's* free memory: above it the cache stays in
 # leaving the GPU room for the forward passes, k-means and cuBLAS workspaces.
 
 
-def available_memory() -> int:
-    """Bytes of RAM available now (Linux MemAvailable; a conservative guess elsewhere)."""
+def meminfo(field: str) -> int | None:
+    """A /proc/meminfo field in bytes (Linux), or None."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (Linux MemAvailable; a conservative guess elsewhere)."""
+    if (avail := meminfo("MemAvailable")) is not None:
+        return avail
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

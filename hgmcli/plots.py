@@ -61,13 +61,7 @@ def write_metrics_plot(path: str | Path, metrics: dict) -> Path:
         ax2.set_title("confusion (row-normalised)")
     fig.tight_layout()
 
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=110)
-
-    try:
-        return write_file(path, save)
-    finally:
-        plt.close(fig)
+    return _save_png(fig, path)
 
 
 def centroid_images(centroids: np.ndarray, whiten_weight: np.ndarray | None = None,
@@ -120,10 +114,14 @@ def write_centroids_plot(path: str | Path, arrays: dict, title: str, *, first_la
         ax.set_ylabel("patches")
         ax.set_title(f"{title}: sizes of {len(sizes)} clusters", fontsize=9)
 
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=110)
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically as a PNG, and free it."""
+    import matplotlib.pyplot as plt
 
     try:
-        return write_file(path, save)
+        return write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
