@@ -52,7 +52,7 @@ from pathlib import Path
 import yaml
 
 from . import artifacts, stages
-from .config import PipelineConfig, to_dict
+from .config import SECTIONS, PipelineConfig, to_dict, upgrade_record
 from .errors import ArtifactError, HgmError
 from .features import FeatureCache
 from .progress import Progress, no_progress
@@ -176,7 +176,7 @@ def locked(run: Path) -> Iterator[None]:
 
 
 RESULTS = ("metrics.json", "metrics.png", "classifier.pt")  # the run's answer; metrics.json first: the claim goes first
-_RESULTS_ONLY = {"evaluate", "plots"}  # config sections read after fit-svm: changing them keeps classifier.pt valid
+_RESULTS_ONLY = {"evaluate", "plots", "baseline"}  # sections classifier.pt does not depend on (baseline: `hgm baseline` only)
 
 
 def set_aside_stale_results(run: Path, config: dict) -> None:
@@ -193,8 +193,9 @@ def set_aside_stale_results(run: Path, config: dict) -> None:
         old = None
     if old == config:
         return
-    old = old if isinstance(old, dict) else {}  # unreadable: every section counts as changed
-    changed = {k for k in old.keys() | config.keys() if old.get(k) != config.get(k)}
+    old = _settings(old) if isinstance(old, dict) else {}  # unreadable: every section counts as changed
+    new = _settings(config)
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     try:
         if (run / "metrics.json").exists():  # a finished result: keep it, whole (hard links cost nothing)
             prev = run / "previous"
@@ -208,6 +209,23 @@ def set_aside_stale_results(run: Path, config: dict) -> None:
                 (run / name).unlink(missing_ok=True)
     except OSError as e:
         raise ArtifactError(f"cannot set the previous result in {run} aside: {e.strerror or e}") from None
+
+
+def _settings(config: dict) -> dict:
+    """A run's config as settings: sections in today's spelling with defaults filled
+    (``config.upgrade_record``) and the data folder as a resolved path, so that a
+    config written by an older hgm, or naming the same folder another way, is not a
+    change."""
+    out = dict(config)
+    for key, value in config.items():
+        if key in SECTIONS and isinstance(value, dict):
+            out[key] = upgrade_record({key: value}).get(key, value)
+        elif key == "layers" and isinstance(value, list):
+            out[key] = [upgrade_record(v) for v in value]
+    data = out.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        out["data"] = {**data, "root": os.path.realpath(data["root"])}
+    return out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -58,10 +58,15 @@ STAGES = {
 
 def _comparable(stage: str, record: Any) -> Any:
     """A recorded stage config in today's spelling (see ``config.upgrade_record``);
-    generate records its section flat."""
+    generate records its section flat. The data's path is left out: the inputs'
+    sha256 stand for the data, so ``../data`` and ``/abs/data`` (or a moved copy
+    of the same bytes) are the same input."""
     if stage == "generate" and isinstance(record, dict):
         return upgrade_record({"generate": record}).get("generate", record)
-    return upgrade_record(record)
+    out = upgrade_record(record)
+    if isinstance(out, dict) and isinstance(out.get("data"), dict):
+        out = {**out, "data": {k: v for k, v in out["data"].items() if k != "root"}}
+    return out
 
 
 def is_up_to_date(out: str | Path, stage: str, config: dict, seed: int | None, inputs: dict) -> bool:

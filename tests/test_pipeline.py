@@ -230,3 +230,26 @@ def test_curves_keep_lloyd_objectives_and_skip_the_svms_single_objective(tmp_pat
     curves.close()
     lines = (tmp_path / "curves.csv").read_text().splitlines()
     assert lines == ["stage,step,metric,value", "cluster 1,0,objective,0.5", "cluster 1,1,objective,0.4"]
+
+
+def test_the_same_data_named_another_way_reuses_every_stage(tmp_path, monkeypatch):
+    """The inputs' hashes stand for the data: ../data and /abs/data (or an older hgm's
+    config.yaml for the same settings) do not invalidate the run folder."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(160, 3, 10, 10), dtype=np.uint8)
+    y = (x[:, 0].mean(axis=(1, 2)) > 127).astype(np.int64)
+    np.savez(tmp_path / "img.npz", x_train=x[:140], y_train=y[:140], x_test=x[140:], y_test=y[140:])
+    cfg = {"data": {"val_size": 40}, "evaluate": {"split": "val"},
+           "layers": [{"cluster": {"k": 8, "patches": 2000, "patch_size": 3},
+                       "train": {"mode": "none", "pool": "grid", "pool_size": 2}}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["pipeline", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]
+    first = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "img.npz")])
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path)
+    again = CliRunner().invoke(app, [*args, "--data", "img.npz"])
+    assert again.exit_code == 0, again.output
+    for stage in ("cluster 1", "train-layer 1", "fit-svm"):
+        assert f"{stage}: reused" in again.output, again.output
