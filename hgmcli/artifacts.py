@@ -31,10 +31,11 @@ import platform
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -235,36 +236,63 @@ def _check_meta(p: Path, meta_text: str, kind: str | tuple[str, ...] | None) -> 
     return meta
 
 
-# Header readers by .npy format version; 3.0 (utf-8 field names) is never written for plain arrays.
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-_DEFLATE_MAX_RATIO = 1032  # deflate expands at most ~1032:1, so a compressed entry bounds its true size
+DEFLATE_MAX_RATIO = 1032  # zlib's deflate cannot expand a byte into more than ~1032
 
 
-def _read_npy(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One array of an ``.npz``. Its header can claim any shape (10^12 images in
-    2 KB): the bytes it claims are checked against what the zip entry can hold
-    *before* numpy allocates them."""
-    name = info.filename.removesuffix(".npy")
-    with zf.open(info) as f:
-        read_header = _NPY_HEADERS.get(np.lib.format.read_magic(f))
-        if read_header is None:
-            raise ValueError(f"array {name!r} has an unsupported .npy format version")
-        shape, _, dtype = read_header(f)
-    if dtype.hasobject:
-        raise ArtifactError(f"{p} holds object arrays, which hgm refuses to unpickle")
-    stored = min(info.compress_size, p.stat().st_size)
-    room = min(info.file_size, stored * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO))
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > room:
-        raise ArtifactError(
-            f"{p}: array {name!r} claims shape {shape} ({nbytes:,} bytes) but the file holds at most {room:,}: "
-            "truncated or corrupt"
-        )
+def check_npz(path: Path, f: IO[bytes], error: type[Exception] = ArtifactError) -> int:
+    """Refuse an ``.npz`` (``f``, opened on ``path``) that is not a zip of plain
+    ``.npy`` arrays, or whose headers claim more than the file can hold or memory
+    can take, before ``np.load`` allocates anything: it allocates the header's
+    shape first, then reads, so 2 KB claiming 10^12 images would ask for a
+    terabyte. Every reader of .npz files goes through here; returns the arrays'
+    total bytes. ``error``: the exception raised (the data reader's DataError)."""
     try:
-        with zf.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except MemoryError:
-        raise ArtifactError(f"{p}: array {name!r} needs {nbytes:,} bytes, more memory than is available") from None
+        with zipfile.ZipFile(f) as zf:
+            archive = os.fstat(f.fileno()).st_size
+            total = sum(_check_npy_member(path, zf, info, archive, error) for info in zf.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, zlib.error) as e:  # RuntimeError: encrypted
+        raise error(f"{path}: not a readable .npz (not a zip archive of .npy arrays: {e})") from None
+    from .features import available_memory  # lazy: features imports torch
+
+    free = available_memory()
+    if total > free:
+        raise error(f"{path}: its arrays need {total / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB of memory is available")
+    return total
+
+
+def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: int, error) -> int:
+    """Bytes of one member's array, checked against its header and its size in the zip."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise error(f"{path}: member {name!r} is not a .npy array")
+    name = name[:-4]
+    # What the member can really expand to: stored as is, or deflated (at most ~1032x).
+    ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: DEFLATE_MAX_RATIO}.get(info.compress_type)
+    if ratio is None:
+        raise error(f"{path}: '{name}' is compressed with zip method {info.compress_type}; np.savez uses stored or deflated")
+    if info.compress_size > archive or info.file_size > ratio * info.compress_size + 1024:
+        raise error(f"{path}: '{name}' claims {info.file_size} bytes but holds {info.compress_size}: corrupt")
+    with zf.open(info) as m:
+        try:
+            version = np.lib.format.read_magic(m)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(m)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(m)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except ValueError as e:
+            raise error(f"{path}: '{name}' is not a readable .npy array ({e})") from None
+        header = m.tell()
+    if dtype.hasobject:
+        raise error(f"{path}: '{name}' holds object arrays, which hgm refuses to unpickle")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != info.file_size - header:
+        raise error(
+            f"{path}: '{name}' claims shape {shape} of {dtype} ({nbytes} bytes), "
+            f"but holds {info.file_size - header} bytes: truncated or corrupt"
+        )
+    return nbytes
 
 
 def load_npz(
@@ -275,16 +303,17 @@ def load_npz(
     ``require_meta=False`` accepts a foreign ``.npz`` (meta comes back ``{}``),
     e.g. a dataset with ``x_train``/``y_train``/... made by another tool."""
     p = _check_exists(path)
-    _zip_names(p, "a readable .npz")
     arrays = {}
     try:
-        with zipfile.ZipFile(p) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise ArtifactError(f"{p} is not a .npz file (entry {info.filename!r} is not a .npy array)")
-                arrays[info.filename.removesuffix(".npy")] = _read_npy(p, zf, info)
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-        raise ArtifactError(f"{p} is not a readable .npz (truncated or corrupt: {e})") from None
+        with open(p, "rb") as f:
+            check_npz(p, f)
+            with zipfile.ZipFile(f) as zf:
+                for info in zf.infolist():
+                    arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(zf.open(info), allow_pickle=False)
+    except MemoryError:
+        raise ArtifactError(f"{p}: its arrays need more memory than is available") from None
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error) as e:
+        raise ArtifactError(f"{p}: not a readable .npz (truncated or corrupt: {e})") from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         if require_meta:

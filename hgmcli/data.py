@@ -62,7 +62,6 @@ import re
 import stat
 import struct
 import warnings
-import zipfile
 import zlib
 from collections.abc import Iterator
 import dataclasses
@@ -71,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import load_npz
+from .artifacts import DEFLATE_MAX_RATIO, check_npz, load_npz
 from .config import DataConfig
 from .errors import DataError
 from .progress import Progress, no_progress
@@ -103,7 +102,6 @@ AUTO_VAL_FRACTION = 0.1
 
 MAX_IMAGE_BYTES = 64 << 20  # one image file; a 4096x4096 RGB PNG stored raw is 48 MiB
 MAX_PICKLE_BYTES = 256 << 20  # one CIFAR-10 batch is 31 MB
-MAX_DEFLATE_RATIO = 1032  # zlib's deflate cannot expand a byte into more than ~1032
 
 
 @dataclass
@@ -439,60 +437,10 @@ def _npz_part(path: Path, part: str) -> _Part:
     return _CACHE[key]
 
 
-def _check_npz(path: Path) -> None:
-    """Refuse an ``.npz`` that is not a zip of plain ``.npy`` arrays, or whose
-    headers claim more than the file can hold or memory can take, before
-    ``np.load`` allocates anything (it allocates the header's shape first, then
-    reads: a 2 KB file claiming 10^12 images would ask for a terabyte)."""
-    try:
-        with _open_regular(path) as f, zipfile.ZipFile(f) as zf:
-            archive = os.fstat(f.fileno()).st_size
-            total = 0
-            for info in zf.infolist():
-                total += _check_npy_member(path, zf, info, archive)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, zlib.error) as e:  # RuntimeError: encrypted
-        raise DataError(f"{path}: not a readable .npz (not a zip archive of .npy arrays: {e})") from None
-    _check_fits(total, path, "its arrays")
-
-
-def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: int) -> int:
-    """Bytes of one member's array, checked against its header and its size in the zip."""
-    name = info.filename
-    if not name.endswith(".npy"):
-        raise DataError(f"{path}: member {name!r} is not a .npy array")
-    name = name[:-4]
-    # What the member can really expand to: stored as is, or deflated (at most ~1032x).
-    ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: MAX_DEFLATE_RATIO}.get(info.compress_type)
-    if ratio is None:
-        raise DataError(f"{path}: '{name}' is compressed with zip method {info.compress_type}; np.savez uses stored or deflated")
-    if info.compress_size > archive or info.file_size > ratio * info.compress_size + 1024:
-        raise DataError(f"{path}: '{name}' claims {info.file_size} bytes but holds {info.compress_size}: corrupt")
-    with zf.open(info) as m:
-        try:
-            version = np.lib.format.read_magic(m)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(m)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(m)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
-        except ValueError as e:
-            raise DataError(f"{path}: '{name}' is not a readable .npy array ({e})") from None
-        header = m.tell()
-    if dtype.hasobject:
-        raise DataError(f"{path}: '{name}' holds object arrays, which hgm refuses to unpickle")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes != info.file_size - header:
-        raise DataError(
-            f"{path}: '{name}' claims shape {shape} of {dtype} ({nbytes} bytes), "
-            f"but holds {info.file_size - header} bytes: truncated or corrupt"
-        )
-    return nbytes
-
-
 def _read_npz_part(path: Path, part: str) -> _Part:
-    _check_npz(path)
-    arrays, meta = load_npz(path, "dataset", require_meta=False)  # ArtifactError if unreadable
+    with _open_regular(path) as f:  # a regular file (not a FIFO or device), checked before anything reads it
+        check_npz(path, f, DataError)
+    arrays, meta = load_npz(path, "dataset", require_meta=False)
     xk, yk = f"x_{part}", f"y_{part}"
     for k in (xk, yk):
         if k not in arrays:
@@ -754,7 +702,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
                 raise DataError(f"{path}: IDX dimensions {dims} describe no data")
             count = math.prod(dims)
             # Before allocating: the header's count must fit the file (exactly, uncompressed).
-            if gz and count > MAX_DEFLATE_RATIO * size:
+            if gz and count > DEFLATE_MAX_RATIO * size:
                 raise DataError(f"{path}: the IDX header claims {dims} = {count} bytes, more than a {size}-byte gzip file can hold")
             if not gz and count != size - 4 - 4 * ndim:
                 raise DataError(
