@@ -8,8 +8,9 @@
 #   PARTS="kmeans cifar" bash benchmarks/gpu.sh  # a subset (one device call is at most 10 min)
 #
 # It measures, in one go and on one GPU:
-#   1. `hgm cluster` on 5,000,000 CIFAR-10 3x3 patches with k = 4096 (k-means++ seeding
-#      included; torch backend: no FAISS there), time and peak GPU memory;
+#   1. `hgm cluster` on 5,000,000 CIFAR-10 3x3 patches with k = 4096 (seeding included: `init: auto`
+#      picks k-means|| here, the same code as on the CPU; torch backend, points streamed from host
+#      memory when they do not fit the device: no FAISS there), time and peak GPU memory;
 #   2. `hgm pipeline --config configs/cifar.yaml` (Ours+FC, appendix C) end to end, per stage;
 #   3. the vanilla-CNN baseline's 100,000 Adam iterations (`hgm baseline --arch cnn --head fc`).
 # The data is the JPEG image-folder copy of the CIFAR-10 training set (train/<class>/*.jpg),
