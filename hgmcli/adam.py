@@ -190,6 +190,17 @@ class Checkpoint(Protocol):
 Curves = Callable[[str, int, float], None]  # (metric, step, value)
 
 
+def uniform_init(module: torch.nn.Module, fan_in: int, gen: torch.Generator) -> None:
+    """PyTorch's default Linear / Conv init range, +-1/sqrt(fan_in), weight then
+    bias, drawn from ``gen``: what every caller of ``train`` initialises with, so
+    that the global RNG is never used."""
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(fan_in)
+        for p in (module.weight, module.bias):
+            if p is not None:
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+
+
 def correct_count(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """How many argmax predictions are right, as a tensor on the device (no sync)."""
     return (logits.detach().argmax(dim=1) == target).sum()

@@ -252,12 +252,17 @@ def check_npz(path: Path, f: IO[bytes], error: type[Exception] = ArtifactError) 
             total = sum(_check_npy_member(path, zf, info, archive, error) for info in zf.infolist())
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, zlib.error) as e:  # RuntimeError: encrypted
         raise error(f"{path}: not a readable .npz (not a zip archive of .npy arrays: {e})") from None
+    check_memory(total, path, "its arrays", error)
+    return total
+
+
+def check_memory(nbytes: int, path: Path, what: str, error: type[Exception] = ArtifactError) -> None:
+    """Refuse to allocate ``nbytes`` for ``what`` (read from ``path``) when available memory cannot hold it."""
     from .features import available_memory  # lazy: features imports torch
 
     free = available_memory()
-    if total > free:
-        raise error(f"{path}: its arrays need {total / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB of memory is available")
-    return total
+    if nbytes > free:
+        raise error(f"{path}: {what} need {nbytes / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB of memory is available")
 
 
 def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: int, error) -> int:

@@ -24,7 +24,6 @@ there, so a new head is one function here plus its test."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,15 +43,6 @@ if TYPE_CHECKING:
     from .config import ClassifierConfig
 
 
-def _uniform_init(module: nn.Module, fan_in: int, gen: torch.Generator) -> None:
-    """PyTorch's default Linear / Conv init range, +-1/sqrt(fan_in), drawn from ``gen``."""
-    with torch.no_grad():
-        bound = 1.0 / math.sqrt(fan_in)
-        for p in (module.weight, module.bias):
-            if p is not None:
-                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
-
-
 def build_bottleneck(input_shape: list[int], n_classes: int, width: int, hidden: list[int], *,
                      dropout: float = 0.0, gen: torch.Generator | None = None) -> nn.Sequential:
     """The ``bottleneck`` head on (C, H, W) features: BatchNorm2d(C), 1x1 conv
@@ -67,11 +57,11 @@ def build_bottleneck(input_shape: list[int], n_classes: int, width: int, hidden:
     dims = [width * h * w, *hidden, n_classes]
     check_fits(4 * 4 * (c * width + sum(a * b for a, b in zip(dims, dims[1:]))), f"a bottleneck head {c}->{dims}")
     conv = torch.nn.utils.skip_init(nn.Conv2d, c, width, kernel_size=1, bias=False)
-    _uniform_init(conv, c, gen)
+    adam.uniform_init(conv, c, gen)
     mods: list[nn.Module] = [nn.BatchNorm2d(c), conv, nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten()]
     for i in range(len(dims) - 1):
         lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])
-        _uniform_init(lin, dims[i], gen)
+        adam.uniform_init(lin, dims[i], gen)
         mods += [nn.Dropout(dropout), lin] + ([nn.ReLU()] if i < len(dims) - 2 else [])
     return nn.Sequential(*mods)
 
@@ -90,7 +80,7 @@ def build_head(kind: str, in_dim: int, n_classes: int, hidden: list[int], *,
     mods: list[nn.Module] = [nn.Flatten()]
     for i in range(len(dims) - 1):
         lin = torch.nn.utils.skip_init(nn.Linear, dims[i], dims[i + 1])  # no draw from the global RNG
-        _uniform_init(lin, dims[i], gen)
+        adam.uniform_init(lin, dims[i], gen)
         mods.append(lin)
         if i < len(dims) - 2:
             mods.append(nn.ReLU())

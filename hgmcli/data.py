@@ -70,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import DEFLATE_MAX_RATIO, check_npz, load_npz
+from .artifacts import DEFLATE_MAX_RATIO, check_memory, check_npz, load_npz
 from .config import DataConfig
 from .errors import DataError
 from .progress import Progress, no_progress
@@ -415,14 +415,6 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
     return raw
 
 
-def _check_fits(nbytes: int, path: Path, what: str) -> None:
-    """Refuse to allocate ``nbytes`` for ``what`` when available memory cannot hold it."""
-    from .features import available_memory  # lazy: features imports torch
-
-    free = available_memory()
-    if nbytes > free:
-        raise DataError(f"{path}: {what} need {nbytes / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB of memory is available")
-
 
 # --------------------------------------------------------------------------- .npz
 
@@ -709,7 +701,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
                     f"{path}: the IDX header claims {dims} = {count} bytes, but {size - 4 - 4 * ndim} follow "
                     "(truncated, or not this kind of IDX file)"
                 )
-            _check_fits(count, path, "its IDX data")
+            check_memory(count, path, "its IDX data", DataError)
             out = np.empty(count, dtype=np.uint8)
             view, got = memoryview(out), 0
             while got < count and (n := f.readinto(view[got:])):
@@ -753,7 +745,7 @@ def _imagefolder_part(root: Path, part: str, progress: Progress) -> _Part:
         for i, (file, _) in enumerate(samples):
             img = _read_image(file, decode)  # (3, H, W) uint8
             if images is None:
-                _check_fits(n * img.nbytes, tree, f"{n} images of {img.shape[2]}x{img.shape[1]}")
+                check_memory(n * img.nbytes, tree, f"{n} images of {img.shape[2]}x{img.shape[1]}", DataError)
                 images = np.empty((n, *img.shape), dtype=np.uint8)
             elif img.shape != images.shape[1:]:
                 raise DataError(

@@ -75,10 +75,7 @@ def train_adam(ex: Examples, cfg: TrainConfig, *, seed: int, device: torch.devic
             proj.weight.copy_((torch.rand(n, k, 1, 1, generator=gen) * 2 - 1) / math.sqrt(k))
     proj.weight.requires_grad_(cfg.mode != "jl")
     head = torch.nn.utils.skip_init(nn.Linear, n * h * w, ex.n_classes)
-    with torch.no_grad():
-        hb = 1.0 / math.sqrt(n * h * w)
-        head.weight.copy_((torch.rand(head.weight.shape, generator=gen) * 2 - 1) * hb)
-        head.bias.copy_((torch.rand(head.bias.shape, generator=gen) * 2 - 1) * hb)
+    adam.uniform_init(head, n * h * w, gen)
     proj.to(device)
     head.to(device)
     net = plain = nn.Sequential(proj, nn.Flatten(), head)
