@@ -49,6 +49,9 @@ def tamper_network(src, dst, change) -> None:
     (lambda p: p["blocks"][0].update(kind="transformer"), "block 1: not a block (kind 'transformer')"),
     (lambda p: p["blocks"][0].update(activation="gelu"), "block 1: unknown encoder 'gelu'"),
     (lambda p: p.update(input_shape=[1, 0, 16]), "input_shape must be [C, H, W], got [1, 0, 16]"),
+    (lambda p: p["blocks"][0].update(norm_eps=-1.0), "block 1: norm_eps must be a finite number >= 0, got -1.0"),
+    (lambda p: p["blocks"][0].update(norm_eps=float("nan")), "block 1: norm_eps must be a finite number >= 0, got nan"),
+    (lambda p: p["blocks"][0].update(norm_eps="5"), "block 1: norm_eps must be a finite number >= 0, got '5'"),
 ])
 def test_a_tampered_network_is_one_line(made, tmp_path, change, message):
     d, common = made
@@ -109,3 +112,20 @@ def test_generating_more_images_than_memory_is_refused_up_front(tmp_path):
     r = run("generate", "--out", tmp_path / "d.npz", "--n-train", 10**12)
     one_error(r, "Error: 1,000,000,002,000 images would need about ")
     assert not (tmp_path / "d.npz").exists()
+
+
+@pytest.mark.parametrize("command, message", [
+    (["train-layer", "--normalize-eps", "-1"], "train.normalize_eps"),
+    (["fit-svm", "--head", "bottleneck", "--bottleneck", "0"], "classifier.bottleneck"),
+    (["fit-svm", "--head", "bottleneck", "--dropout", "1.5"], "classifier.dropout"),
+    (["fit-svm", "--lr-schedule", "warm"], "classifier.lr_schedule"),
+    (["fit-svm", "--head", "bottleneck", "--standardize"], "the bottleneck head standardises with its first BatchNorm"),
+])
+def test_bad_lever_settings_are_one_line(made, tmp_path, command, message):
+    d, common = made
+    extra = ["--centroids", d / "c.npz"] if command[0] == "train-layer" else ["--model", d / "n.pt"]
+    out = tmp_path / "o.pt"
+    r = run(command[0], *common, *extra, *command[1:], "--out", out)
+    one_error(r, "Error: ")
+    assert message in r.stderr, r.stderr
+    assert not out.exists()
