@@ -400,7 +400,8 @@ class Network(nn.Module):
     def output_shape(self) -> list[int]:
         """(C, H, W) of the network's output."""
         with torch.no_grad():
-            return list(self(torch.zeros(1, *self.input_shape)).shape[1:])
+            device = self.preprocess.mean.device  # where the network lives (a CUDA net needs a CUDA input)
+            return list(self(torch.zeros(1, *self.input_shape, device=device)).shape[1:])
 
     def to_sequential(self) -> nn.Sequential:
         """The plain CNN: Preprocess, then for each block [Whiten,] ClusterConv, pool, 1x1 conv."""

@@ -57,3 +57,11 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
         torch.testing.assert_close(net2(x), net(x), atol=0, rtol=0)
         scripted = torch.jit.script(net.to_sequential())
         torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_output_shape_is_computed_where_the_network_lives():
+    # The first CUDA run failed here: the probe input was made on the CPU for a network on the
+    # GPU. The meta device stands in for a GPU on a CPU-only machine (mixing it with the CPU
+    # raises the same device-mismatch error).
+    net = Network(Preprocess(1 / 255.0, [0.5] * 3, [0.25] * 3), [], [3, 8, 8]).to("meta")
+    assert net.output_shape() == [3, 8, 8]
