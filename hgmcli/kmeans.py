@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,12 @@ SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
 # 8 / 16 MB blocks on two workers, shared 2-core box at load 10: 4 MB, for a working
 # memory below 20 % of 2M patches); 256 MB on a GPU keeps its kernels long.
 _CHUNK_FLOATS = {"cpu": 1 << 20, "cuda": 1 << 26}
+# ...and on the CPU the blocks of all workers together stay within this share of the points'
+# own size (issue 16: working memory <= 20 % of the patches), down to _MIN_CHUNK_ROWS rows a
+# chunk, below which per-chunk overhead shows (300k x 27, k = 256, 25 iterations, 2 workers,
+# random init: 11.4 / 3.0 MB of working memory and 2.1 / 2.6 s with 3,382 / 845-row chunks).
+_BLOCK_SHARE = 0.1
+_MIN_CHUNK_ROWS = 512
 _FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
 # matrix-vector product and the running-min/sum updates.
@@ -212,9 +219,13 @@ class Points:
         return True
 
     @classmethod
-    def default_chunk(cls, k: int, d: int, device: torch.device) -> int:
-        """Points per chunk when searching k centroids."""
-        return max(1, _CHUNK_FLOATS.get(device.type, _CHUNK_FLOATS["cuda"]) // (k + 2 * d))
+    def default_chunk(cls, k: int, d: int, device: torch.device, n: int | None = None) -> int:
+        """Points per chunk when searching k centroids (the blocks' share of n points, when given)."""
+        rows = max(1, _CHUNK_FLOATS.get(device.type, _CHUNK_FLOATS["cuda"]) // (k + 2 * d))
+        if n is not None and device.type == "cpu":
+            share = _BLOCK_SHARE * n * d / (torch.get_num_threads() * (k + 2 * d))
+            rows = min(rows, max(_MIN_CHUNK_ROWS, int(share)))
+        return rows
 
     def searcher(self, centroids: torch.Tensor) -> Searcher:
         """For (k, d) centroids on ``self.device``, a function mapping a chunk
@@ -482,7 +493,7 @@ class FaissPoints(Points):
         return _faiss() is not None and not _distributed() and (device.type == "cpu" or faiss_has_gpu())
 
     @classmethod
-    def default_chunk(cls, k, d, device):
+    def default_chunk(cls, k, d, device, n=None):
         return _FAISS_CHUNK
 
     def describe(self):
@@ -637,20 +648,44 @@ def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
     return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
 
 
+def _release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc's malloc_trim; a no-op
+    elsewhere). Between seeding and Lloyd on the CPU: the seeding's scratch, freed in
+    the main thread's and the workers' arenas, otherwise stays resident while Lloyd
+    allocates its own, and the two phases' peaks add up (measured at 2M x 27, k =
+    1024: 42 MB of working memory, 1.20x the patches, against about 28 MB for either
+    phase alone). Takes milliseconds."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator, sparse: bool = False):
     """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
     (without replacement, seeded, the same on every rank) of m < n_total points.
-    ``sparse``: in O(m) memory — draws with replacement until m distinct, then m of
-    those at random (uniform by symmetry) — instead of a permutation of all n_total
-    (24 bytes a point with its sort: 48 MB at 2M points)."""
+    ``sparse``: in n_total bytes plus O(m) — draws with replacement, marked in a
+    bitmap, until m are distinct, then drops the excess at random (uniform by
+    symmetry) — instead of a permutation of all n_total (24 bytes a point with
+    its sort: 48 MB at 2M points). At 2M points and m = 262,144: 9 MB at its
+    peak, where sorting and de-duplicating the draws (np.unique) took 18 MB."""
     if not sparse:
         keep = torch.sort(torch.randperm(n_total, generator=generator)[:m]).values  # global, sorted
     else:
-        keep = np.zeros(0, dtype=np.int64)
-        while len(keep) < m:  # np.unique: torch.unique took 0.9 s for 65k of 100k on 2 busy cores
-            more = torch.randint(n_total, (m - len(keep) + m // 8 + 1,), generator=generator).numpy()
-            keep = np.unique(np.concatenate([keep, more]))
-        keep = torch.from_numpy(np.sort(keep[torch.randperm(len(keep), generator=generator)[:m].numpy()]))
+        seen = np.zeros(n_total, dtype=bool)  # 1 byte a point (the points themselves: 4·d)
+        count = 0
+        while count < m:
+            seen[torch.randint(n_total, (m - count + m // 16 + 1,), generator=generator).numpy()] = True
+            count = int(np.count_nonzero(seen))
+        keep = np.flatnonzero(seen)  # sorted
+        del seen
+        if count > m:  # drop count - m of the distinct draws at random: the rest is uniform by symmetry
+            drop = np.zeros(count, dtype=bool)
+            while int(np.count_nonzero(drop)) < count - m:
+                left = count - m - int(np.count_nonzero(drop))
+                drop[torch.randint(count, (left,), generator=generator).numpy()] = True
+            keep = keep[~drop]
+        keep = torch.from_numpy(keep)
     return keep[(keep >= offset) & (keep < offset + n_local)] - offset
 
 
@@ -1121,7 +1156,8 @@ def spherical_kmeans(
     offset = offsets[comm.rank]
     init_used = pick_init(init, n_total, k)
     per_centroid = seed_points_per_centroid or SEED_POINTS_PER_CENTROID[init_used]
-    chunk = chunk_size or backend_cls.default_chunk(k, d, dev)
+    chunk = chunk_size or backend_cls.default_chunk(k, d, dev, len(xt))
+    seed_chunk = chunk_size or backend_cls.default_chunk(2 * k, d, dev, len(xt))  # k-means|| searches ~2k at once
     points = backend_cls(xt, dev, chunk, stream)
 
     # On the CPU the main thread's O(n) bookkeeping runs torch on one thread; the passes
@@ -1134,12 +1170,14 @@ def spherical_kmeans(
             n_seed = k * per_centroid
             sample = _sample(offset, len(xt), n_total, n_seed, gen, sparse=True)  # a view: no copy of the rows
             seed_offsets, _ = _offsets(len(sample), comm, comm_dev)
-            seed_points = points.subset(sample, chunk_size or backend_cls.default_chunk(2 * k, d, dev))
+            seed_points = points.subset(sample, seed_chunk)
         _, centroids, seed_info = SEEDINGS[init_used](
             seed_points, k, generator=gen, comm=comm, offsets=seed_offsets, n_total=n_seed, trials=trials,
             progress=progress,
         )
         del seed_points
+        if dev.type == "cpu":
+            _release_free_memory()
         t1 = time.perf_counter()
         centroids, counts, objective, updates, reseeded = _lloyd(
             points, centroids.to(points.device).clone(), iterations, comm, offset, n_total, progress

@@ -434,3 +434,18 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 def test_shard_for_rank_single_process_is_everything():
     assert shard_for_rank(17) == slice(0, 17)
+
+
+def test_seeding_sample_is_uniform_distinct_and_the_same_on_every_rank():
+    # k-means||'s uniform sample of k * 256 of the points, drawn in bounded memory (issue 16).
+    n, m = 1000, 300
+    draws = [kmeans._sample(0, n, n, m, torch.Generator().manual_seed(s), sparse=True) for s in range(400)]
+    for keep in draws[:20]:
+        assert len(keep) == m and len(torch.unique(keep)) == m and torch.equal(keep, torch.sort(keep).values)
+        assert 0 <= int(keep.min()) and int(keep.max()) < n
+    hits = torch.bincount(torch.cat(draws), minlength=n).double() / len(draws)  # each point: P = m / n = 0.3
+    assert abs(float(hits.mean()) - 0.3) < 1e-12 and float((hits - 0.3).abs().max()) < 0.1
+    # two ranks holding rows 0:600 and 600:1000 get the two halves of the same sample
+    lo = kmeans._sample(0, 600, n, m, torch.Generator().manual_seed(7), sparse=True)
+    hi = kmeans._sample(600, 400, n, m, torch.Generator().manual_seed(7), sparse=True)
+    assert torch.equal(torch.cat([lo, hi + 600]), kmeans._sample(0, n, n, m, torch.Generator().manual_seed(7), sparse=True))
