@@ -19,7 +19,10 @@ the standard protocol (data_batch_5 validates).
 The FLOP counts are the model's, not a profiler's: a frozen conv over N
 images is 2 N H' W' (C s^2) k; an Adam epoch of the 1x1 conv is
 3 x 2 N h w k n (forward, two backward products) plus its head; a Lloyd
-iteration 2 N d k; greedy k-means++ (2 + ln k) x 2 N d k. Bytes: what a
+iteration 2 N d k; greedy k-means++ (2 + ln k) x 2 N d k. Each stage is a
+single command, so it also recomputes the network so far (its frozen convs
+and 1x1 convs) over the images it needs: cluster i over the training images,
+train-layer i and fit-svm over training and validation images. Bytes: what a
 stage must read at least once per pass (cached features, patches)."""
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def work(cfg: PipelineConfig, n_train: int, n_val: int, hw: int = 32, channels: 
     out: dict[str, tuple[float, float]] = {}
     c, h = channels, hw
     n_img = n_train + n_val
-    prev_conv_flops = 0.0  # computing the network so far, once, for the next cluster stage
+    net = 0.0  # FLOPs of the network so far over one image: every single command recomputes it
     for i, layer in enumerate(cfg.layers, start=1):
         cl, tr = layer.cluster, layer.train
         s = 3 if cl.patch_size == "auto" else cl.patch_size
@@ -74,20 +77,20 @@ def work(cfg: PipelineConfig, n_train: int, n_val: int, hw: int = 32, channels: 
         d = c * s * s
         trials = 2 + math.log(k) if cl.seed_trials == "auto" else cl.seed_trials
         km = 2.0 * cl.patches * d * k * (cl.lloyd_iterations + trials)
-        out[f"cluster {i}"] = (km + prev_conv_flops * n_train / n_img, cl.patches * d * 4.0 * (cl.lloyd_iterations + 1))
-        conv = 2.0 * n_img * h * h * d * k
+        out[f"cluster {i}"] = (km + net * n_train, cl.patches * d * 4.0 * (cl.lloyd_iterations + 1))
+        conv = 2.0 * h * h * d * k  # the frozen cluster conv, one image
         hp = h // (tr.pool_size if tr.pool in ("auto", "max", "avg") else 1)
         n = tr.out_channels
         feat_bytes = n_train * k * hp * hp * (1 if tr.cache_dtype == "uint8" else 2)
         steps = tr.epochs if tr.adam_steps is None else tr.adam_steps * tr.batch_size / n_train
         adam = 3 * 2.0 * n_train * hp * hp * k * n * steps + 3 * 2.0 * n_train * n * hp * hp * 10 * steps
-        out[f"train-layer {i}"] = (conv + adam, feat_bytes * (steps + 1))
-        prev_conv_flops = conv + 2.0 * n_img * hp * hp * k * n
+        out[f"train-layer {i}"] = ((net + conv) * n_img + adam, feat_bytes * (steps + 1))
+        net += conv + 2.0 * hp * hp * k * n  # the block: cluster conv, then the 1x1 conv on the pooled map
         c, h = n, hp
     dims = [c * h * h] + (cfg.classifier.hidden if cfg.classifier.head == "fc" else []) + [10]
     per_ex = sum(a * b for a, b in zip(dims, dims[1:])) * 2.0
     head = 3 * per_ex * cfg.classifier.adam_steps * cfg.classifier.batch_size if cfg.classifier.head != "svm" else 0.0
-    out["fit-svm"] = (head + per_ex / 3 * (n_img), n_train * dims[0] * 4.0)
+    out["fit-svm"] = (head + (net + per_ex / 3) * n_img, n_train * dims[0] * 4.0)
     return out
 
 
