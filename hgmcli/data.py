@@ -243,44 +243,26 @@ def normalization(cfg: DataConfig, train: Dataset) -> dict:
     if mode == "standardize":
         if len(train) == 0:
             raise DataError(f"{train.path}: cannot standardize on an empty {train.split} split")
-        mu, var = _channel_moments(train.images, scale)
-        mean = mu.tolist()
+        # Shift by the first batch's mean so the sum of squares does not cancel.
+        shift = None
+        total = np.zeros(channels)
+        total_sq = np.zeros(channels)
+        count = 0
+        for _, batch in iter_batches(train.images, 1024):
+            x = batch.astype(np.float64) * scale  # (B, C, H, W), 1024 CIFAR images: 25 MB
+            if shift is None:
+                shift = x.mean(axis=(0, 2, 3))
+            x -= shift[None, :, None, None]
+            total += x.sum(axis=(0, 2, 3))
+            total_sq += np.square(x).sum(axis=(0, 2, 3))
+            count += x.shape[0] * x.shape[2] * x.shape[3]
+        mu = total / count
+        var = np.maximum(total_sq / count - mu**2, 0.0)
+        mean = (mu + shift).tolist()
         std = [float(s) if s > 1e-12 else 1.0 for s in np.sqrt(var)]
     elif mode not in ("none", "scale"):
         raise DataError(f"unknown data.normalize {mode!r}: expected none, scale or standardize")
     return {"mode": mode, "scale": float(scale), "mean": [float(m) for m in mean], "std": std}
-
-
-def _channel_moments(images: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance of images * scale, in float64, in bounded memory.
-
-    uint8 images: from each channel's histogram of the 256 values, exactly and about
-    10x faster than a float pass (40,000 CIFAR images: 0.3 s against 3 s). Other
-    dtypes: sums over batches of 1024 images, shifted by the first batch's mean so the
-    sum of squares does not cancel."""
-    channels = images.shape[1]
-    if images.dtype == np.uint8:
-        hist = np.zeros((channels, 256), dtype=np.int64)
-        for _, batch in iter_batches(images, 4096):
-            for c in range(channels):
-                hist[c] += np.bincount(batch[:, c].ravel(), minlength=256)
-        v = np.arange(256, dtype=np.float64) * scale
-        count = hist.sum(axis=1)
-        mu = hist @ v / count
-        var = (hist * (v[None, :] - mu[:, None]) ** 2).sum(axis=1) / count
-        return mu, var
-    shift = None
-    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-    for _, batch in iter_batches(images, 1024):
-        x = batch.astype(np.float64) * scale  # (B, C, H, W), 1024 CIFAR images: 25 MB
-        if shift is None:
-            shift = x.mean(axis=(0, 2, 3))
-        x -= shift[None, :, None, None]
-        total += x.sum(axis=(0, 2, 3))
-        total_sq += np.square(x).sum(axis=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mu = total / count
-    return mu + shift, np.maximum(total_sq / count - mu**2, 0.0)
 
 
 def iter_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:

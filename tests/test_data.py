@@ -465,18 +465,6 @@ def test_normalization_standardize():
     assert all(type(v) is float for v in norm["mean"] + norm["std"])  # JSON-able
 
 
-def test_uint8_moments_from_histograms_match_a_float_pass():
-    from hgmcli.data import _channel_moments
-
-    images = uint8_dataset(300).images
-    big = np.concatenate([images] * 20)  # 6,000 images: two histogram batches, six float batches
-    mu8, var8 = _channel_moments(big, 1 / 255)
-    muf, varf = _channel_moments(big.astype(np.float64) / 255, 1.0)
-    np.testing.assert_allclose(mu8, muf, rtol=1e-12)
-    np.testing.assert_allclose(var8, varf, rtol=1e-9, atol=1e-15)
-    assert var8[2] < 1e-24  # the constant channel (normalization then keeps its std at 1)
-
-
 def test_normalization_none_and_scale():
     train = uint8_dataset()
     assert normalization(DataConfig(normalize="none"), train) == {
