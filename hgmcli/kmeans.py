@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -648,19 +647,6 @@ def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
     return [sum(sizes[:r]) for r in range(len(sizes))], sum(sizes)
 
 
-def _release_free_memory() -> None:
-    """Hand the allocator's free pages back to the OS (glibc's malloc_trim; a no-op
-    elsewhere). Between seeding and Lloyd on the CPU: the seeding's scratch, freed in
-    the main thread's and the workers' arenas, otherwise stays resident while Lloyd
-    allocates its own, and the two phases' peaks add up (measured at 2M x 27, k =
-    1024: 42 MB of working memory, 1.20x the patches, against about 28 MB for either
-    phase alone). Takes milliseconds."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator, sparse: bool = False):
     """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
     (without replacement, seeded, the same on every rank) of m < n_total points.
@@ -1176,8 +1162,6 @@ def spherical_kmeans(
             progress=progress,
         )
         del seed_points
-        if dev.type == "cpu":
-            _release_free_memory()
         t1 = time.perf_counter()
         centroids, counts, objective, updates, reseeded = _lloyd(
             points, centroids.to(points.device).clone(), iterations, comm, offset, n_total, progress
