@@ -47,17 +47,19 @@ cat "$WORK/gpu.txt"
 : > "$WORK/times.txt"; : > "$WORK/log.txt"
 # save: copy what exists to the device tool's $OUT after every part, so a run cut short keeps the parts it finished
 save() { if [ -n "${OUT:-}" ]; then cp "$WORK"/*.json "$WORK"/times.txt "$WORK"/gpu.txt "$WORK"/log.txt "$OUT"/ 2>/dev/null || true; fi; }
-# part NAME LIMIT_S CMD...: one measurement, its stdout in NAME.json, stderr in log.txt; a failure or a
-# time-out is written down and the next part runs
+# part NAME LIMIT_S CMD...: one measurement, its stdout in NAME.json, stderr in log.txt (each line tagged
+# with the part: two may run at once); a failure or a time-out is written down and the next part runs.
+# A part starts from nothing: no earlier NAME.json, no run folder a pipeline would resume from.
 part() {
   local name=$1 limit=$2; shift 2
+  rm -rf "$WORK/$name" "$WORK/$name".*
   has "$name" || return 0
   local left=$(( DEADLINE - $(date +%s) ))
   (( left < limit )) && limit=$left
   (( limit > 10 )) || { echo "$name: skipped, no time left" | tee -a "$WORK/times.txt"; return 0; }
   echo "== $name ($(date -u +%T))" | tee -a "$WORK/log.txt"
   local s=$(date +%s%N) rc=0
-  timeout "$limit" "$@" > "$WORK/$name.json" 2>> "$WORK/log.txt" || rc=$?
+  timeout "$limit" "$@" > "$WORK/$name.json" 2> >(sed -u "s/^/[$name] /" >> "$WORK/log.txt") || rc=$?
   local e=$(date +%s%N)
   echo "$name: $(( (e - s) / 1000000 )) ms, exit $rc: $*" | tee -a "$WORK/times.txt"
   save
@@ -69,16 +71,16 @@ part kmeans "${LIMIT_KMEANS:-300}" python3 -m hgmcli -q cluster --data "$WORK/da
     --backend torch --device $DEVICE --out "$WORK/kmeans.npz" --json
 cifar() {
   part cifar "${LIMIT_CIFAR:-400}" python3 -m hgmcli pipeline --config configs/cifar.yaml --data "$WORK/data" --set data.val_size=10000 \
-      "${SETS[@]}" --device $DEVICE --out "$WORK/cifar" --json
+      ${SETS[@]+"${SETS[@]}"} --device $DEVICE --out "$WORK/cifar" --json
 }
 best() {
   part best "${LIMIT_BEST:-300}" python3 -m hgmcli pipeline --config configs/cifar-best.yaml --data "$WORK/data" --set data.val_size=10000 \
-      "${BEST_SETS[@]}" --device $DEVICE --out "$WORK/best" --json
+      ${BEST_SETS[@]+"${BEST_SETS[@]}"} --device $DEVICE --out "$WORK/best" --json
 }
 # CONCURRENT=1: the two pipelines share the GPU at once (their accuracies are unchanged, their times are upper bounds)
 if [ -n "${CONCURRENT:-}" ]; then cifar & best & wait; else cifar; best; fi
 part cnn "${LIMIT_CNN:-300}" python3 -m hgmcli -q baseline --data "$WORK/data" --set data.val_size=10000 ${QUICK:+--limit 2000} --arch cnn \
-    --head fc --adam-steps $ITERS --eval-every $EVERY --device $DEVICE --out "$WORK/cnn-fc.pt" --json
+    --head fc --adam-steps $ITERS --eval-every $EVERY --device $DEVICE --out "$WORK/cnn.pt" --json
 python3 - "$WORK" <<'PY' | tee "$WORK/summary.txt"
 import json, os, sys
 w = sys.argv[1]

@@ -77,20 +77,23 @@ def work(cfg: PipelineConfig, n_train: int, n_val: int, hw: int = 32, channels: 
         d = c * s * s
         trials = 2 + math.log(k) if cl.seed_trials == "auto" else cl.seed_trials
         km = 2.0 * cl.patches * d * k * (cl.lloyd_iterations + trials)
-        out[f"cluster {i}"] = (km + net * n_train, cl.patches * d * 4.0 * (cl.lloyd_iterations + 1))
-        conv = 2.0 * h * h * d * k  # the frozen cluster conv, one image
-        hp = h // (tr.pool_size if tr.pool in ("auto", "max", "avg") else 1)
-        n = tr.out_channels
+        owners = n_train * (1 - math.exp(-cl.patches / n_train))  # images holding a sampled patch
+        out[f"cluster {i}"] = (km + net * owners, cl.patches * d * 4.0 * (cl.lloyd_iterations + 1))
+        pad = s // 2 if tr.padding == "auto" else tr.padding  # images: "same"
+        hc = h + 2 * pad - s + 1  # the cluster conv's map
+        conv = 2.0 * hc * hc * d * k  # the frozen cluster conv, one image
+        hp = tr.pool_size if tr.pool == "grid" else hc // tr.pool_size if tr.pool in ("auto", "max", "avg") else hc
+        n = k if tr.mode == "none" else tr.out_channels  # mode none: no 1x1 conv
         feat_bytes = n_train * k * hp * hp * (1 if tr.cache_dtype == "uint8" else 2)
-        steps = tr.epochs if tr.adam_steps is None else tr.adam_steps * tr.batch_size / n_train
+        steps = 0 if tr.mode == "none" else tr.epochs if tr.adam_steps is None else tr.adam_steps * tr.batch_size / n_train
         adam = 3 * 2.0 * n_train * hp * hp * k * n * steps + 3 * 2.0 * n_train * n * hp * hp * 10 * steps
         out[f"train-layer {i}"] = ((net + conv) * n_img + adam, feat_bytes * (steps + 1))
-        net += conv + 2.0 * hp * hp * k * n  # the block: cluster conv, then the 1x1 conv on the pooled map
+        net += conv + (0.0 if tr.mode == "none" else 2.0 * hp * hp * k * n)  # cluster conv, 1x1 conv on the pooled map
         c, h = n, hp
     dims = [c * h * h] + (cfg.classifier.hidden if cfg.classifier.head == "fc" else []) + [10]
     per_ex = sum(a * b for a, b in zip(dims, dims[1:])) * 2.0
     head = 3 * per_ex * cfg.classifier.adam_steps * cfg.classifier.batch_size if cfg.classifier.head != "svm" else 0.0
-    out["fit-svm"] = (head + (net + per_ex / 3) * n_img, n_train * dims[0] * 4.0)
+    out["fit-svm"] = (head + (net + per_ex) * n_img, n_train * dims[0] * 4.0)
     return out
 
 
