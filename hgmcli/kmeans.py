@@ -669,8 +669,7 @@ def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Ge
         del seen
         if count > m:  # drop count - m of the distinct draws at random: the rest is uniform by symmetry
             drop = np.zeros(count, dtype=bool)
-            while int(np.count_nonzero(drop)) < count - m:
-                left = count - m - int(np.count_nonzero(drop))
+            while (left := count - m - int(np.count_nonzero(drop))) > 0:
                 drop[torch.randint(count, (left,), generator=generator).numpy()] = True
             keep = keep[~drop]
         keep = torch.from_numpy(keep)
