@@ -18,10 +18,12 @@ Per case (N CIFAR-10 3x3x3 patches, k clusters, 25 Lloyd iterations, seed 0):
    point) once; the objective of (1)'s hgm run relative to it.
 3. k-means alone, each in a fresh process on the same saved patches (hgm's own sampling):
    hgm's torch backend with init auto, and up to ``--alone-max-n`` patches hgm's faiss
-   backend and scikit-learn's KMeans (k-means++, Lloyd, tol 0). Working memory = peak RSS during the call minus the RSS
-   just before it (the patches loaded, the code paths warmed up at k = 8, peak reset
-   through /proc/self/clear_refs); the target reads peak <= 1.2x the patches' own size
-   as patches + working memory.
+   backend and scikit-learn's KMeans (k-means++, Lloyd, tol 0). Working memory = peak RSS
+   during the call minus the RSS just before it (the patches loaded, the code paths warmed
+   up at the same k on 16·k points in 64-row chunks, peak reset through
+   /proc/self/clear_refs); the target reads peak <= 1.2x the patches' own size as
+   patches + working memory. The child runs 3 times (fresh processes) and reports the
+   median: glibc's arenas make one run's figure vary by about +-1 MB.
 
 CPU time is reported beside wall time because the 2-core box is shared: under load the
 wall clock mostly measures the other jobs, CPU time the work done.
@@ -103,12 +105,13 @@ def child(method: str, path: str, k: int, iterations: int, seed: int) -> None:
     from hgmcli import kmeans
 
     x = np.load(path)
-    # Warm up the same code paths at k = 8 (so that no k-sized block is left for glibc to
-    # reuse): the first call of each kernel maps its code pages, a one-time cost of the
-    # process (~10-30 MB), not memory the clustering works in.
+    # Warm up the same code paths, at the same k on 16·k points in 64-row chunks: the first call
+    # of each kernel maps its code pages (a one-time cost of the process, ~1 MB of libtorch_cpu.so
+    # at 300k when the warm-up ran at k = 8), while the warm-up's own blocks (64 x k) and arrays
+    # (16·k points) stay too small to leave glibc memory the measured run could reuse.
     if method != "sklearn":
-        kmeans.spherical_kmeans(x[:4096], 8, iterations=2, init="kmeans||", seed_points_per_centroid=64,
-                                backend=method, device="cpu")
+        kmeans.spherical_kmeans(x[:16 * k], k, iterations=2, init="kmeans||", seed_points_per_centroid=4,
+                                backend=method, device="cpu", chunk_size=64)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
     before = _status_kb("VmRSS")
@@ -173,6 +176,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alone-max-n", type=int, default=300_000,
                    help="k-means alone: hgm's faiss backend and scikit-learn only up to this many patches")
+    p.add_argument("--alone-repeats", type=int, default=3,
+                   help="k-means alone: fresh processes per method; the median working memory is reported")
     p.add_argument("--child", nargs=5, metavar=("METHOD", "PATH", "K", "ITERATIONS", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -217,12 +222,13 @@ def main() -> None:
             alone = {}
             print(f"\n  k-means alone on the same {n:,} patches ({n * 27 * 4 / 2**20:,.0f} MB), fresh process each:")
             for m in methods:
-                r = run_process([sys.executable, "benchmarks/kmeans.py", "--child", m, path, str(k), str(it),
-                                        str(args.seed)])
-                alone[m] = r
+                runs = [run_process([sys.executable, "benchmarks/kmeans.py", "--child", m, path, str(k), str(it),
+                                     str(args.seed)]) for _ in range(args.alone_repeats)]
+                r = alone[m] = sorted(runs, key=lambda r: r["working_mb"])[len(runs) // 2]  # the median run
+                spread = ", ".join(f"{x['working_mb']:.1f}" for x in runs)
                 print(f"  {m:<12}{r['seconds']:>8.1f} s  cpu {r['cpu_inproc']:>7.1f} s  objective {r['objective']:.5f}  "
-                      f"working memory {r['working_mb']:>6.1f} MB ({1 + r['working_mb'] / r['patches_mb']:.2f}x patches)"
-                      f"  {r['detail']}", flush=True)
+                      f"working memory {r['working_mb']:>6.1f} MB ({1 + r['working_mb'] / r['patches_mb']:.2f}x patches; "
+                      f"runs {spread} MB)  {r['detail']}", flush=True)
             summary.append((n, k, plain, hgm, greedy, alone))
             print(f"  {load_line()}", flush=True)
 

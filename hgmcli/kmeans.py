@@ -38,8 +38,9 @@ buffers with asynchronous copies. ``faiss`` searches with ``IndexFlatIP``
 (faiss-gpu's ``GpuIndexFlatIP`` on CUDA). Sums are float64
 (``index_put_(accumulate=True)``), so the result does not depend on the chunk
 size; empty clusters are re-seeded with the farthest points; Lloyd stops early
-when no assignment changes. ``objective`` is the mean cosine distance
-1 − ⟨x, c_assigned⟩ over all points, entry i after i updates.
+when no assignment changes (the update leaves every centroid where it was).
+``objective`` is the mean cosine distance 1 − ⟨x, c_assigned⟩ over all points,
+entry i after i updates.
 
 Measured in one run of ``benchmarks/kmeans.py`` (``benchmarks/results/kmeans.txt``)
 on the shared 2-core box at load 8-10, CIFAR-10 3×3×3 patches, 25 Lloyd
@@ -95,10 +96,13 @@ SEED_POINTS_PER_CENTROID = {"kmeans++": None, "kmeans||": 256, "random": None}
 # memory below 20 % of 2M patches); 256 MB on a GPU keeps its kernels long.
 _CHUNK_FLOATS = {"cpu": 1 << 20, "cuda": 1 << 26}
 # ...and on the CPU the blocks of all workers together stay within this share of the points'
-# own size (issue 16: working memory <= 20 % of the patches), down to _MIN_CHUNK_ROWS rows a
-# chunk, below which per-chunk overhead shows (300k x 27, k = 256, 25 iterations, 2 workers,
-# random init: 11.4 / 3.0 MB of working memory and 2.1 / 2.6 s with 3,382 / 845-row chunks).
-_BLOCK_SHARE = 0.1
+# own size (issue 16: working memory <= 20 % of the patches; the rest goes to the seeding's
+# per-point state and to what glibc keeps), down to _MIN_CHUNK_ROWS rows a chunk, below
+# which per-chunk overhead shows: each chunk's ~10 torch calls wait for the GIL on two
+# workers (300k x 27, k = 256, 25 iterations: a pass over 914 / 1,306-row chunks is within
+# the box's run-to-run noise, 1.95-2.95 s of Lloyd for either; at 0.1 the working memory
+# was 5.7-6.8 MB, at 0.07 4.9-5.8 MB, six fresh processes each).
+_BLOCK_SHARE = 0.07
 _MIN_CHUNK_ROWS = 512
 _FAISS_CHUNK = 1 << 16  # FAISS blocks internally; it slows down 3x on calls of 4096 rows (measured)
 # Points per k-means++ chunk: its D² (4 MB) stays in cache between the
@@ -110,6 +114,7 @@ _SEED_CHUNK = 1 << 20
 # step's matrix product dominates: 100,000 x 576 points, k = 1024, 9 candidates took
 # 51 s on one thread and 26.5 s on two. Everything else outside the passes runs on one thread.
 _SMALL_SEEDING = 27 << 22
+_FIRST_MAX_K = 1 << 22  # ``_first_max``'s float32 column numbers stay exact integers up to 3k < 2^24
 _RESIDENT_FRACTION = 0.5  # CUDA: copy the points to the device when they take at most this much of its free memory
 
 
@@ -204,6 +209,10 @@ class Points:
         self._nonzero: torch.Tensor | None = None
         self.threads = torch.get_num_threads()  # CPU threads a pass may use (``workers``)
         self._local = threading.local()  # per-thread scratch (``workspace``); shared with subsets
+        # Elements a similarity block gets at least: the run's largest (Lloyd's chunk x k). One
+        # block a thread for the whole run: growing it from the seeding's smaller blocks left the
+        # freed ones in glibc's arenas (300k x 27, k = 256: +1-3 MB of RSS, varying run to run).
+        self.block = 0
         self._pools: dict[int, ThreadPoolExecutor] = {}  # CPU workers by count; shared with subsets
 
     parallel = True  # passes may run on several CPU threads (``_run``); False: the backend parallelises itself
@@ -310,15 +319,25 @@ class Points:
             pool.shutdown()
         self._pools.clear()
 
-    def workspace(self, numel: int) -> torch.Tensor:
-        """This thread's scratch block of at least numel float32 on ``self.device``,
-        kept between chunks and passes: glibc keeps what worker threads free of
-        multi-MB temporaries (measured: +145 MB of RSS for 8 MB blocks allocated
-        afresh per chunk on two threads, +27 MB with one block kept per thread)."""
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.numel() < numel:
-            buf = self._local.buf = torch.empty(numel, dtype=torch.float32, device=self.device)
-        return buf
+    def workspace(self, rows: int, cols: int, dtype: torch.dtype = torch.float32, reserve: int = 0) -> torch.Tensor:
+        """This thread's (rows, cols) scratch block of ``dtype`` on ``self.device``
+        (its buffer, when made, holds at least ``reserve`` elements).
+        One buffer a thread and dtype, kept between chunks and passes: glibc keeps
+        what worker threads free of multi-MB temporaries (measured: +145 MB of RSS
+        for 8 MB blocks allocated afresh per chunk on two threads, +27 MB with one
+        block kept per thread). Its views are kept too: on two CPU workers every
+        torch call a chunk makes, a view's included, can wait for the GIL."""
+        local = self._local
+        views = local.__dict__.setdefault("views", {})
+        view = views.get((dtype, rows, cols))
+        if view is None:
+            buf = getattr(local, f"buf_{dtype}", None)
+            if buf is None or buf.numel() < rows * cols:
+                buf = torch.empty(max(rows * cols, reserve), dtype=dtype, device=self.device)
+                setattr(local, f"buf_{dtype}", buf)
+                views = local.views = {key: v for key, v in views.items() if key[0] != dtype}  # of the old one
+            view = views[(dtype, rows, cols)] = buf[: rows * cols].view(rows, cols)
+        return view
 
     def nonzero(self) -> torch.Tensor:
         """(n,) bool: rows that are not all zero (zero rows have no direction)."""
@@ -332,11 +351,12 @@ class Points:
             self._nonzero = nonzero
         return self._nonzero
 
-    def search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass: (sims (n,) float32, labels (n,) int64) of the nearest centroid."""
+    def search(self, centroids: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """One pass: (sims (n,) float32, labels (n,) int32) of the nearest centroid,
+        written into ``out`` when given (a pass a round reuses them)."""
         n = len(self)
-        sims = torch.empty(n, dtype=torch.float32, device=self.device)
-        labels = torch.empty(n, dtype=torch.int64, device=self.device)
+        sims, labels = out or (torch.empty(n, dtype=torch.float32, device=self.device),
+                               torch.empty(n, dtype=torch.int32, device=self.device))
         search = self.searcher(centroids)
 
         def work(start, xc, _):
@@ -345,34 +365,31 @@ class Points:
         self._run(work)
         return sims, labels
 
-    def assign_to(self, centroids: torch.Tensor, labels: torch.Tensor):
-        """One Lloyd pass: assign every point to its nearest centroid, writing
-        ``labels`` ((n,) int16 or int32) in place, and sum the members per
-        cluster. Returns (sums (k, d) float64, counts (k,) int64, Σ similarity
-        (float64 tensor), how many labels changed). Float64 sums make the result
-        independent of chunking (and ``index_put_(accumulate=True)`` is
-        deterministic on CUDA)."""
+    def assign_to(self, centroids: torch.Tensor) -> torch.Tensor:
+        """One Lloyd pass: assign every point to its nearest centroid and total
+        each cluster's members. Returns (k, d + 2) float64: per cluster the sum
+        of its points, their count and the sum of their similarities. Each chunk
+        goes in as [x, 1, sim] rows (one ``cat``) through one ``index_put_(accumulate=True)``:
+        on two CPU workers every small op a chunk adds costs more than its work
+        (each torch call gives up the GIL and waits to get it back; measured on
+        1,306-row chunks, k = 256: the bincount of the counts and the similarity
+        sum took two workers' speed-up from 1.81x to 1.34x). Float64 makes the
+        totals independent of chunking (and ``index_put_`` accumulates
+        deterministically on CUDA)."""
         k, d = centroids.shape
         # One accumulator per worker, added in worker order: deterministic for a thread count.
-        acc = [(torch.zeros(k, d, dtype=torch.float64, device=self.device),  # sums
-                torch.zeros(k, dtype=torch.int64, device=self.device),  # counts
-                torch.zeros(2, dtype=torch.float64, device=self.device))  # Σ sim, changed
-               for _ in range(self.workers())]
+        acc = [torch.zeros(k, d + 2, dtype=torch.float64, device=self.device) for _ in range(self.workers())]
         search = self.searcher(centroids)
+        ones = torch.ones(self.chunk, 1, device=self.device)
 
         def work(start, xc, w):
-            sums, counts, scalars = acc[w]
             s, lab = search(xc)
-            end = start + len(xc)
-            scalars[0] += s.sum(dtype=torch.float64)
-            scalars[1] += (lab != labels[start:end]).sum()
-            labels[start:end] = lab
-            sums.index_put_((lab,), xc.double(), accumulate=True)  # 2x faster than index_add_ here
-            counts += torch.bincount(lab, minlength=k)
+            rows = self.workspace(len(xc), d + 2, torch.float64)
+            torch.cat((xc, ones if len(xc) == len(ones) else ones[: len(xc)], s.unsqueeze(1)), 1, out=rows)
+            acc[w].index_put_((lab,), rows, accumulate=True)
 
         self._run(work)
-        sums, counts, scalars = (sum(parts[1:], parts[0]) for parts in zip(*acc))
-        return sums, counts, scalars[0], int(scalars[1])
+        return sum(acc[1:], acc[0])
 
 
 class TorchPoints(Points):
@@ -398,11 +415,12 @@ class TorchPoints(Points):
         k = ct.shape[1]
 
         def search(xc):
-            if self.device.type == "cuda":  # the caching allocator reuses the block
+            if self.device.type == "cuda" or k > _FIRST_MAX_K:  # the caching allocator reuses the block
                 return (xc @ ct).max(dim=1)
-            sims = torch.mm(xc, ct, out=self.workspace(len(xc) * k)[: len(xc) * k].view(len(xc), k))  # (m, k)
-            return sims.max(dim=1)  # (m,) each; first index on ties
+            sims = torch.mm(xc, ct, out=self.workspace(len(xc), k, reserve=self.block))  # (m, k)
+            return _first_max(sims, cols)
 
+        cols = torch.arange(k, dtype=torch.float32, device=self.device)
         return search
 
     def describe(self):
@@ -451,6 +469,22 @@ class TorchPoints(Points):
             yield start, buf[slot][:m]
             if cuda:
                 freed[slot].record(compute)
+
+
+def _first_max(sims: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sims.max(dim=1)`` of a CPU (m, k) block — each row's largest value and the
+    first column holding it — overwriting the block. On the CPU torch's max with
+    indices runs ~10x slower than its plain ``amax`` (m = 1,024, k = 256, one thread:
+    354 vs 35 us, against 128 us for the (1024 x 27) @ (27 x 256) product before it),
+    so the index comes from an ``amin``: j - 2k·sign(s_j - max) is j at the row's
+    maxima and at least 2k elsewhere. Exact: s_j - max is 0 only where s_j equals the
+    max (floats subtract exactly to 0 only when equal), and the column numbers are
+    integers below 2^24 in float32. Ties and ±0 come out as torch.max's (first
+    column; -0.0 equals 0.0). cols: (k,) float32, 0..k-1."""
+    best = sims.amax(dim=1, keepdim=True)  # (m, 1)
+    sims.sub_(best).sign_()  # 0 at the row's maxima, -1 elsewhere
+    torch.add(cols, sims, alpha=-2 * len(cols), out=sims)
+    return best.squeeze(1), sims.amin(dim=1).long()
 
 
 def _faiss():
@@ -673,7 +707,9 @@ def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Ge
                 drop[torch.randint(count, (left,), generator=generator).numpy()] = True
             keep = keep[~drop]
         keep = torch.from_numpy(keep)
-    return keep[(keep >= offset) & (keep < offset + n_local)] - offset
+    if offset or n_local < n_total:  # this rank's share
+        keep = keep[(keep >= offset) & (keep < offset + n_local)] - offset
+    return keep
 
 
 def _gather_rows(points: Points, offset: int, idx: torch.Tensor, comm: _Comm) -> torch.Tensor:
@@ -880,6 +916,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     near = torch.zeros(n, dtype=torch.int32, device=dev)  # (n,) its nearest candidate
     w = nonzero.to(torch.float32)
     first = _draw(w, _chunk_totals(w, _SEED_CHUNK), _SEED_CHUNK, generator, comm)
+    del w
     if first is None:  # every row is zero: nothing to sample ∝ D²
         return seed_kmeanspp(points, k, generator=generator, comm=comm, offsets=offsets, n_total=n_total,
                              trials=trials, progress=progress)
@@ -887,16 +924,17 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     new_idx = comm.all_gather_cat(torch.tensor([offset + local] if rank == comm.rank else [], dtype=torch.int64,
                                                device=dev)).cpu()
     cand_idx, cand_rows, total, r = [], [], 0, 0
+    found = (torch.empty(n, dtype=torch.float32, device=dev), torch.empty(n, dtype=torch.int32, device=dev))
     for r in range(rounds + 10 + 1):  # at most 10 extra rounds to reach k candidates
         if len(new_idx):
             new = _gather_rows(points, offset, new_idx, comm)  # (m, d)
-            d2, lab = points.search(new)  # (n,) each; in place below: O(n) memory is the budget here
+            d2, lab = points.search(new, out=found)  # (n,) each; in place below: O(n) memory is the budget here
             d2 = d2.mul_(-2.0).add_(2.0)
             d2 = d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
             closer = d2 < dmin
             torch.minimum(dmin, d2, out=dmin)
-            near[closer] = (lab[closer] + total).to(torch.int32)
-            del d2, lab, closer
+            near[closer] = lab[closer] + total
+            del closer
             cand_idx.append(new_idx)
             cand_rows.append(new)
             total += len(new_idx)
@@ -906,7 +944,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
         phi = float(comm.all_reduce_(dmin.sum(dtype=torch.float64)))
         if phi <= 0:  # every point is a candidate or duplicates one
             break
-        u = torch.rand(n_total, generator=generator, dtype=torch.float64)[offset : offset + n].to(dev)
+        u = torch.rand(n_total, generator=generator, dtype=torch.float32)[offset : offset + n].to(dev)
         picked = torch.nonzero(u.mul_(phi / ell) < dmin).flatten()  # P(join) = min(1, ℓ·D²/φ)
         del u
         new_idx = comm.all_gather_cat(picked + offset).cpu()
@@ -1016,22 +1054,20 @@ def _reseed_empty(points: Points, centroids, empty, comm, offset, n_total) -> in
 def _lloyd(points: Points, centroids, iterations, comm, offset, n_total, progress):
     """Spherical Lloyd iterations from ``centroids`` (k, d) on points.device.
     Returns the final centroids, sizes, objective list, updates run and empty
-    clusters re-seeded. Working memory: the labels, 2 bytes a point (4 when
-    k > 32767; they tell when no assignment changes), plus one chunk."""
-    n, k = len(points), len(centroids)
-    labels = torch.full((n,), -1, dtype=torch.int16 if k < 1 << 15 else torch.int32, device=points.device)
+    clusters re-seeded. Working memory: one chunk and the (k, d + 2) totals; no
+    per-point state (a fixed point shows as an update that leaves the centroids
+    as they are, not as labels compared between passes)."""
+    d = centroids.shape[1]
 
     def step():
-        sums, counts, sim_sum, changed = points.assign_to(centroids, labels)
-        scalars = torch.stack([sim_sum, torch.tensor(float(changed), dtype=torch.float64, device=points.device)])
-        comm.all_reduce_(sums), comm.all_reduce_(counts), comm.all_reduce_(scalars)
-        return sums, counts, float(scalars[0]), int(scalars[1])
+        totals = comm.all_reduce_(points.assign_to(centroids))  # (k, d + 2)
+        return totals[:, :d], totals[:, d].round().long(), float(totals[:, d + 1].sum())
 
     objective: list[float] = []
     reseeded = 0
     it = 0
     while True:
-        sums, counts, sim_sum, changed = step()
+        sums, counts, sim_sum = step()
         # An empty cluster (or one of all-zero rows) has no mean: move it to the
         # farthest points and assign again, so every iteration — the last one
         # included — reports clusters that are all non-empty when possible.
@@ -1043,14 +1079,16 @@ def _lloyd(points: Points, centroids, iterations, comm, offset, n_total, progres
             if not moved:
                 break
             reseeded += moved
-            sums, counts, sim_sum, changed = step()
-            changed = max(changed, 1)
+            sums, counts, sim_sum = step()
         objective.append(1.0 - sim_sum / n_total)
-        converged = changed == 0  # no assignment changed: a fixed point, the update would be a no-op
+        update = normalize_rows(sums).to(torch.float32)  # spherical update
+        # No assignment changed <=> the same sums <=> the same update: a fixed point (an update that
+        # rounds to the same centroids after a change is one too: the next pass assigns the same).
+        converged = torch.equal(update, centroids)
         progress("k-means", iterations if converged else it, iterations, objective=objective[-1])
         if it == iterations or converged:
             return centroids, counts, objective, it, reseeded
-        centroids = normalize_rows(sums).to(torch.float32)  # spherical update
+        centroids = update
         it += 1
 
 
@@ -1144,8 +1182,13 @@ def spherical_kmeans(
     init_used = pick_init(init, n_total, k)
     per_centroid = seed_points_per_centroid or SEED_POINTS_PER_CENTROID[init_used]
     chunk = chunk_size or backend_cls.default_chunk(k, d, dev, len(xt))
-    seed_chunk = chunk_size or backend_cls.default_chunk(2 * k, d, dev, len(xt))  # k-means|| searches ~2k at once
+    # k-means|| searches ~2k candidates at once, over the seeding's sample when there is one:
+    # its blocks take their share of that sample's size, not of every point's.
+    sampled = per_centroid is not None and n_total > k * per_centroid
+    seed_chunk = chunk_size or backend_cls.default_chunk(
+        2 * k, d, dev, max(1, k * per_centroid * len(xt) // n_total) if sampled else len(xt))
     points = backend_cls(xt, dev, chunk, stream)
+    points.block = chunk * k
 
     # On the CPU the main thread's O(n) bookkeeping runs torch on one thread; the passes
     # run on the points' worker threads (``Points._run``).
@@ -1153,11 +1196,12 @@ def spherical_kmeans(
     with _full_fp32_matmul(), contextlib.closing(points), single:
         t0 = time.perf_counter()
         seed_points, seed_offsets, n_seed = points, offsets, n_total
-        if per_centroid is not None and n_total > k * per_centroid:
+        if sampled:
             n_seed = k * per_centroid
-            sample = _sample(offset, len(xt), n_total, n_seed, gen, sparse=True)  # a view: no copy of the rows
+            sample = _sample(offset, len(xt), n_total, n_seed, gen, sparse=True)
             seed_offsets, _ = _offsets(len(sample), comm, comm_dev)
-            seed_points = points.subset(sample, seed_chunk)
+            seed_points = points.subset(sample, seed_chunk)  # a view: no copy of the rows
+            del sample  # held by seed_points alone: it goes before Lloyd
         _, centroids, seed_info = SEEDINGS[init_used](
             seed_points, k, generator=gen, comm=comm, offsets=seed_offsets, n_total=n_seed, trials=trials,
             progress=progress,
@@ -1190,7 +1234,7 @@ def spherical_kmeans(
         "d": d,
         "iterations": updates,  # Lloyd updates run
         "iterations_requested": iterations,
-        "converged": updates < iterations,  # stopped early: no assignment changed
+        "converged": updates < iterations,  # stopped early: a fixed point (the update moved no centroid)
         "seconds_seed": round(t1 - t0, 4),
         "seconds_lloyd": round(t2 - t1, 4),
         "empty_reseeded": int(reseeded),  # moved to the farthest points
@@ -1221,4 +1265,4 @@ def assign(x, centroids, *, device="auto", chunk_size=None) -> tuple[np.ndarray,
     points = TorchPoints(xt, dev, chunk_size or TorchPoints.default_chunk(len(ct), 0, dev))
     with _full_fp32_matmul(), contextlib.closing(points):
         sims, labels = points.search(ct)
-    return labels.cpu().numpy(), sims.cpu().numpy()
+    return labels.cpu().numpy().astype(np.int64), sims.cpu().numpy()

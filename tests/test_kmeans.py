@@ -237,6 +237,36 @@ def test_streaming_from_host_in_small_chunks_equals_the_unchunked_run(init):
     np.testing.assert_allclose(a.objective, b.objective, atol=1e-7)
 
 
+def test_the_cpu_nearest_centroid_is_torch_max_first_index_on_ties():
+    """The CPU search's argmax (two amax, no max-with-indices) gives torch.max's answer:
+    the largest similarity and the first column holding it, on ties, ±0 and zero rows."""
+    rng = np.random.default_rng(11)
+    sims = torch.from_numpy(rng.standard_normal((300, 40)).astype(np.float32))
+    sims[:50] = torch.round(sims[:50])  # many ties
+    sims[50:60] = 0.0  # a zero row: every column ties
+    sims[60, [3, 7]] = torch.tensor([0.0, -0.0])  # -0.0 equals 0.0
+    sims[60, sims[60] > 0] = -1.0
+    sims[61, 5] = sims[61, 6] = sims[61].max() + 1e-6  # two columns one ulp-ish above the rest
+    expected = sims.max(dim=1)
+    best, first = kmeans._first_max(sims.clone(), torch.arange(40, dtype=torch.float32))
+    assert torch.equal(best, expected.values) and torch.equal(first, expected.indices)
+    assert first[60] == 3 and first[61] == 5 and first[50:60].eq(0).all()
+
+
+def test_lloyd_stops_at_a_fixed_point_and_says_so():
+    """Once no assignment changes, the update leaves the centroids where they are:
+    Lloyd stops there, and more iterations change nothing."""
+    x, _ = blobs(np.random.default_rng(12), 6, 600, 8, 0.2)
+    r = spherical_kmeans(x, 6, iterations=100, backend="torch", device="cpu")
+    assert r.stats["converged"] and r.stats["iterations"] < 100
+    labels = assign(x, r.centroids)[0]
+    sums = np.zeros((6, 8))
+    np.add.at(sums, labels, x.astype(np.float64))
+    np.testing.assert_allclose(normalize_rows(sums.astype(np.float32)), r.centroids, atol=1e-6)
+    longer = spherical_kmeans(x, 6, iterations=r.stats["iterations"] + 5, backend="torch", device="cpu")
+    assert np.array_equal(longer.centroids, r.centroids) and longer.objective == r.objective
+
+
 def test_the_input_is_not_copied_when_its_rows_are_unit():
     x, _ = blobs(np.random.default_rng(17), 5, 300, 6, 0.3)
     xt, _, _ = kmeans._prepare(x, 4, kmeans._Comm(), torch.device("cpu"))
