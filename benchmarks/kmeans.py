@@ -100,7 +100,6 @@ def _status_kb(key: str) -> int:
 
 def child(method: str, path: str, k: int, iterations: int, seed: int) -> None:
     """Print {seconds, cpu, objective, working_mb, ...} for one method on the patches at path."""
-    import torch
 
     from hgmcli import kmeans
 
@@ -239,7 +238,7 @@ def main() -> None:
         gap = hgm["objective"] / greedy["objective"] - 1
         seed_share = hgm["stats"]["seconds_seed"] / hgm["wall"]
         torch_mem = 1 + alone["torch"]["working_mb"] / alone["torch"]["patches_mb"] if "torch" in alone else float("nan")
-        ok = lambda c: "ok  " if c else "MISS"  # noqa: E731
+        ok = lambda c: "ok  " if c else "MISS"
         print(f"  {n:>9,} k={k:<5} {ok(ratio <= bound)} whole command / plain script {ratio:.2f}x wall "
               f"({cratio:.2f}x CPU), target <= {bound}x")
         print(f"  {'':>17} {ok(gap <= 0.005)} objective vs greedy k-means++ {gap * 100:+.2f} %, target <= +0.5 %")
