@@ -351,12 +351,11 @@ class Points:
             self._nonzero = nonzero
         return self._nonzero
 
-    def search(self, centroids: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """One pass: (sims (n,) float32, labels (n,) int32) of the nearest centroid,
-        written into ``out`` when given (a pass a round reuses them)."""
+    def search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: (sims (n,) float32, labels (n,) int32) of the nearest centroid."""
         n = len(self)
-        sims, labels = out or (torch.empty(n, dtype=torch.float32, device=self.device),
-                               torch.empty(n, dtype=torch.int32, device=self.device))
+        sims = torch.empty(n, dtype=torch.float32, device=self.device)
+        labels = torch.empty(n, dtype=torch.int32, device=self.device)
         search = self.searcher(centroids)
 
         def work(start, xc, _):
@@ -364,6 +363,26 @@ class Points:
 
         self._run(work)
         return sims, labels
+
+    def lower(self, centroids: torch.Tensor, d2min: torch.Tensor, nearest: torch.Tensor, first: int) -> None:
+        """One k-means|| pass, in place: where a point's squared distance to its
+        nearest of ``centroids`` (m, d) is below ``d2min`` ((n,) float32; below
+        ``DUPLICATE_D2`` counts as 0), d2min takes it and ``nearest`` ((n,) int32)
+        that centroid's number plus ``first``. Per chunk, so that no (n,)
+        similarities or labels are made (at 300k points, k = 256: 0.5 MB of a
+        6 MB working memory)."""
+        search = self.searcher(centroids)
+
+        def work(start, xc, _):
+            s, lab = search(xc)
+            d2 = s.mul_(-2.0).add_(2.0)
+            d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
+            low, near = d2min[start : start + len(xc)], nearest[start : start + len(xc)]
+            closer = d2 < low
+            torch.minimum(low, d2, out=low)
+            near[closer] = (lab[closer] + first).to(near.dtype)
+
+        self._run(work)
 
     def assign_to(self, centroids: torch.Tensor) -> torch.Tensor:
         """One Lloyd pass: assign every point to its nearest centroid and total
@@ -684,7 +703,8 @@ def _offsets(n_local: int, comm: _Comm, device) -> tuple[list[int], int]:
 
 
 def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Generator, sparse: bool = False):
-    """This rank's local indices ((m_local,) int64, sorted) of a uniform sample
+    """This rank's local indices ((m_local,) sorted; int64, or int32 when
+    ``sparse`` and n_total < 2^31) of a uniform sample
     (without replacement, seeded, the same on every rank) of m < n_total points.
     ``sparse``: in n_total bytes plus O(m) — draws with replacement, marked in a
     bitmap, until m are distinct, then drops the excess at random (uniform by
@@ -706,7 +726,7 @@ def _sample(offset: int, n_local: int, n_total: int, m: int, generator: torch.Ge
             while (left := count - m - int(np.count_nonzero(drop))) > 0:
                 drop[torch.randint(count, (left,), generator=generator).numpy()] = True
             keep = keep[~drop]
-        keep = torch.from_numpy(keep)
+        keep = torch.from_numpy(keep.astype(np.int32) if n_total < 1 << 31 else keep)  # kept all the seeding
     if offset or n_local < n_total:  # this rank's share
         keep = keep[(keep >= offset) & (keep < offset + n_local)] - offset
     return keep
@@ -900,7 +920,7 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     """k-means|| (Bahmani et al. 2012, Algorithm 2), then greedy k-means++ on the candidates.
 
     A first candidate uniformly among the non-zero rows; then ``rounds`` rounds,
-    each one ``points.search`` pass over the newest candidates that updates every
+    each one ``points.lower`` pass over the newest candidates that updates every
     point's D² and nearest candidate, after which every point joins the
     candidates independently with probability min(1, ℓ·D²/Σ D²), ℓ =
     ``oversampling``·k (≈ 1 + rounds·ℓ candidates; more rounds while fewer than k).
@@ -924,17 +944,10 @@ def seed_kmeans_parallel(points, k, *, generator, comm, offsets, n_total, trials
     new_idx = comm.all_gather_cat(torch.tensor([offset + local] if rank == comm.rank else [], dtype=torch.int64,
                                                device=dev)).cpu()
     cand_idx, cand_rows, total, r = [], [], 0, 0
-    found = (torch.empty(n, dtype=torch.float32, device=dev), torch.empty(n, dtype=torch.int32, device=dev))
     for r in range(rounds + 10 + 1):  # at most 10 extra rounds to reach k candidates
         if len(new_idx):
             new = _gather_rows(points, offset, new_idx, comm)  # (m, d)
-            d2, lab = points.search(new, out=found)  # (n,) each; in place below: O(n) memory is the budget here
-            d2 = d2.mul_(-2.0).add_(2.0)
-            d2 = d2.masked_fill_(d2 < DUPLICATE_D2, 0.0)
-            closer = d2 < dmin
-            torch.minimum(dmin, d2, out=dmin)
-            near[closer] = lab[closer] + total
-            del closer
+            points.lower(new, dmin, near, total)
             cand_idx.append(new_idx)
             cand_rows.append(new)
             total += len(new_idx)
