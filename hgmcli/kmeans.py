@@ -43,17 +43,18 @@ when no assignment changes (the update leaves every centroid where it was).
 entry i after i updates.
 
 Measured in one run of ``benchmarks/kmeans.py`` (``benchmarks/results/kmeans.txt``)
-on the shared 2-core box at load 8-10, CIFAR-10 3×3×3 patches, 25 Lloyd
-iterations: the whole ``hgm cluster`` command took 0.87× the wall time of a
+on the 2-core box, CIFAR-10 3×3×3 patches, 25 Lloyd iterations: the whole
+``hgm cluster`` command took 1.08× the wall time (0.88× the CPU time) of a
 plain script that loads the batches, samples, normalises and runs
 ``faiss.Kmeans(spherical=True)`` (random init, no subsampling) at 300k patches,
-k = 256, and 0.40× at 2M, k = 1024, where seeding (k-means|| on 262,144 points)
-was 5 % of the command; the objective was 0.09 % below greedy k-means++ on
-every point in both; k-means alone worked in 31 MB beside the 206 MB of 2M
-patches. Most of the speed comes from running the CPU passes on single-threaded
-worker threads (``Points._run``): on the busy box torch's two OpenMP threads
-lose 2-4× at their barriers, and FAISS's search, with its own OpenMP and
-OpenBLAS threads, ran 1.5× slower than these workers.
+k = 256, and 0.56× at 2M, k = 1024, where seeding (k-means|| on 262,144 points)
+was 7 % of the command; the objective was 0.11 % / 0.02 % below greedy
+k-means++ on every point; k-means alone worked in 1.17× / 1.13× the patches'
+own size. Most of the speed comes from running the CPU passes on single-threaded
+worker threads (``Points._run``) that make few torch calls a chunk: on the busy
+box torch's two OpenMP threads lose 2-4× at their barriers, FAISS's search, with
+its own OpenMP and OpenBLAS threads, ran 1.5× slower than these workers, and
+each torch call a worker makes gives up the GIL and may wait to get it back.
 """
 
 from __future__ import annotations
