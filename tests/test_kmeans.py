@@ -253,6 +253,17 @@ def test_the_cpu_nearest_centroid_is_torch_max_first_index_on_ties():
     assert first[60] == 3 and first[61] == 5 and first[50:60].eq(0).all()
 
 
+def test_the_plain_max_search_gives_the_same_clustering(monkeypatch):
+    """CUDA (and k beyond float32's exact column numbers) search with torch's own
+    max(dim=1); forced here on the CPU, it clusters exactly as the two-amax path."""
+    x, _ = blobs(np.random.default_rng(13), 20, 3000, 10, 0.5)
+    a = spherical_kmeans(x, 16, iterations=6, init="kmeans||", seed_points_per_centroid=50, backend="torch")
+    monkeypatch.setattr(kmeans, "_FIRST_MAX_K", 0)
+    b = spherical_kmeans(x, 16, iterations=6, init="kmeans||", seed_points_per_centroid=50, backend="torch")
+    assert np.array_equal(a.centroids, b.centroids) and a.objective == b.objective
+    assert a.sizes.tolist() == b.sizes.tolist()
+
+
 def test_lloyd_stops_at_a_fixed_point_and_says_so():
     """Once no assignment changes, the update leaves the centroids where they are:
     Lloyd stops there, and more iterations change nothing."""
