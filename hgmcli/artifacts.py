@@ -301,24 +301,32 @@ def _check_npy_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, ar
 
 
 def load_npz(
-    path: str | os.PathLike, kind: str | tuple[str, ...] | None = None, *, require_meta: bool = True
+    path: str | os.PathLike,
+    kind: str | tuple[str, ...] | None = None,
+    *,
+    require_meta: bool = True,
+    f: IO[bytes] | None = None,
+    error: type[Exception] = ArtifactError,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Read an ``.npz`` with pickles refused; return (arrays, meta).
 
     ``require_meta=False`` accepts a foreign ``.npz`` (meta comes back ``{}``),
-    e.g. a dataset with ``x_train``/``y_train``/... made by another tool."""
-    p = _check_exists(path)
+    e.g. a dataset with ``x_train``/``y_train``/... made by another tool.
+    ``f``: ``path`` already opened by the caller (the data reader opens it
+    itself, refusing FIFOs and devices), read once and left open; ``error``:
+    the exception a bad archive raises (the data reader's DataError)."""
+    p = _check_exists(path) if f is None else Path(path)
     arrays = {}
     try:
-        with open(p, "rb") as f:
-            check_npz(p, f)
-            with zipfile.ZipFile(f) as zf:
+        with open(p, "rb") if f is None else contextlib.nullcontext(f) as fh:
+            check_npz(p, fh, error)
+            with zipfile.ZipFile(fh) as zf:
                 for info in zf.infolist():
                     arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(zf.open(info), allow_pickle=False)
     except MemoryError:
-        raise ArtifactError(f"{p}: its arrays need more memory than is available") from None
+        raise error(f"{p}: its arrays need more memory than is available") from None
     except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error) as e:
-        raise ArtifactError(f"{p}: not a readable .npz (truncated or corrupt: {e})") from None
+        raise error(f"{p}: not a readable .npz (truncated or corrupt: {e})") from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         if require_meta:

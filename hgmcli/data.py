@@ -70,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import DEFLATE_MAX_RATIO, check_memory, check_npz, load_npz
+from .artifacts import DEFLATE_MAX_RATIO, check_memory, load_npz
 from .config import DataConfig
 from .errors import DataError
 from .progress import Progress, no_progress
@@ -431,8 +431,7 @@ def _npz_part(path: Path, part: str) -> _Part:
 
 def _read_npz_part(path: Path, part: str) -> _Part:
     with _open_regular(path) as f:  # a regular file (not a FIFO or device), checked before anything reads it
-        check_npz(path, f, DataError)
-    arrays, meta = load_npz(path, "dataset", require_meta=False)
+        arrays, meta = load_npz(path, "dataset", require_meta=False, f=f, error=DataError)
     xk, yk = f"x_{part}", f"y_{part}"
     for k in (xk, yk):
         if k not in arrays:
