@@ -163,11 +163,14 @@ def test_default_model_raw_pixels_not_linearly_separable():
 
 @pytest.mark.slow
 def test_default_config_raw_pixels_not_linearly_separable_full_size():
+    """At full size too: the README's claim for synthetic.yaml (= the generate defaults),
+    a linear SVM on raw pixels at 0.52-0.68 over seeds 0-3 (two labels), X(0) separable."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for n_train in (GenerateConfig().n_train, 20_000):
             raw, top = _raw_vs_onehot(GenerateConfig(n_train=n_train))
-            assert raw < 0.6 and top == 1.0, (n_train, raw)  # measured 0.539 / 0.531
+            # measured 0.604 / 0.6105 at seed 0 (0.539 / 0.531 was the model before cc0e50b)
+            assert raw < 0.7 and top == 1.0, (n_train, raw)
 
 
 # --------------------------------------------------------------------------- digits (§3.2)
