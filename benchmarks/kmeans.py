@@ -176,9 +176,12 @@ def main() -> None:
     p.add_argument("--alone-max-n", type=int, default=300_000,
                    help="k-means alone: hgm's faiss backend and scikit-learn only up to this many patches")
     p.add_argument("--alone-repeats", type=int, default=3,
-                   help="k-means alone: fresh processes per method; the median working memory is reported")
+                   help="k-means alone: fresh processes per method; the run of median working memory is "
+                        "reported (its seconds too)")
     p.add_argument("--child", nargs=5, metavar=("METHOD", "PATH", "K", "ITERATIONS", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.alone_repeats < 1:
+        p.error("--alone-repeats must be at least 1")
     if args.child:
         method, path, k, iterations, seed = args.child
         child(method, path, int(k), int(iterations), int(seed))

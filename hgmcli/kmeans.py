@@ -30,7 +30,8 @@ Seedings (``SEEDINGS``; ``init`` picks one, ``auto`` by the size of the job):
 Backends (``KMEANS_BACKENDS``) share the seeding and the Lloyd loop and differ
 only in one pass over the points, the interface of faiss contrib's
 ``DatasetAssign``: ``search`` (nearest centroid by inner product) and
-``assign_to`` (search + per-cluster sums). ``torch`` runs on CPU or CUDA and
+``assign_to`` (search + per-cluster sums), plus ``lower`` (a k-means|| round's
+update of every point's D² and nearest candidate). ``torch`` runs on CPU or CUDA and
 under ``torch.distributed`` (each rank owns a contiguous shard; the result
 equals the single-process one); on CUDA it keeps the points on the device when
 they fit and otherwise streams them from host memory through two pinned
@@ -192,8 +193,8 @@ class Points:
     """A k-means backend: this rank's points, and one pass over them.
 
     A backend supplies ``searcher`` (nearest centroid by inner product, one
-    chunk at a time); the passes built on it — ``search`` for the seeding,
-    ``assign_to`` (assign + accumulate) for one Lloyd step — and the chunk
+    chunk at a time); the passes built on it — ``search``, ``lower`` for a
+    k-means|| round, ``assign_to`` (assign + accumulate) for one Lloyd step — and the chunk
     iteration are shared. Adding a backend is a subclass and an entry in
     ``KMEANS_BACKENDS``.
 
@@ -207,7 +208,7 @@ class Points:
         self.device = device
         self.chunk = chunk_size
         self.streamed = False
-        self.index: torch.Tensor | None = None  # (m,) int64 rows of x on x.device, when a subset
+        self.index: torch.Tensor | None = None  # (m,) int64 or int32 rows of x on x.device, when a subset
         self._nonzero: torch.Tensor | None = None
         self.threads = torch.get_num_threads()  # CPU threads a pass may use (``workers``)
         self._local = threading.local()  # per-thread scratch (``workspace``); shared with subsets
@@ -259,7 +260,7 @@ class Points:
         return self.x.shape[1]
 
     def subset(self, index: torch.Tensor, chunk_size: int) -> Points:
-        """The same backend over rows ``index`` ((m,) int64, sorted) of these points, sharing their memory."""
+        """The same backend over rows ``index`` ((m,) int64 or int32, sorted) of these points, sharing their memory."""
         other = copy.copy(self)
         index = index.to(self.x.device)
         other.index = index if self.index is None else self.index[index]
@@ -419,7 +420,7 @@ class TorchPoints(Points):
     at most half its free memory; otherwise (or with ``stream=True``, which
     also works on the CPU, for tests) every pass streams them in chunks through
     two pinned host buffers, copying chunk i+1 on a side stream while chunk i
-    is computed. Device memory then holds two chunks and the points' labels."""
+    is computed. Device memory then holds two chunks (and the seeding's per-point state)."""
 
     def __init__(self, x, device, chunk_size, stream=None):
         super().__init__(x, device, chunk_size)
@@ -491,7 +492,8 @@ class TorchPoints(Points):
                 freed[slot].record(compute)
 
 
-# The largest float32 below DUPLICATE_D2: float32 d2 <= it exactly when d2 < DUPLICATE_D2.
+# The largest float32 below float32(DUPLICATE_D2): a float32 d2 is <= it exactly when
+# d2 < DUPLICATE_D2 as torch compares a float32 tensor with that scalar (in float32).
 _BELOW_DUPLICATE = float(np.nextafter(np.float32(DUPLICATE_D2), np.float32(0)))
 
 
@@ -511,8 +513,9 @@ def _first_max(sims: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, to
     so the index comes from an ``amin``: j - 2k·sign(s_j - max) is j at the row's
     maxima and at least 2k elsewhere. Exact: s_j - max is 0 only where s_j equals the
     max (floats subtract exactly to 0 only when equal), and the column numbers are
-    integers below 2^24 in float32. Ties and ±0 come out as torch.max's (first
-    column; -0.0 equals 0.0). cols: (k,) float32, 0..k-1."""
+    integers below 2^24 in float32.     Ties and ±0 come out as torch.max's (first
+    column; -0.0 equals 0.0). For finite sims with gradual underflow (torch's default;
+    not under ``torch.set_flush_denormal(True)``). cols: (k,) float32, 0..k-1."""
     best = sims.amax(dim=1, keepdim=True)  # (m, 1)
     sims.sub_(best).sign_()  # 0 at the row's maxima, -1 elsewhere
     torch.add(cols, sims, alpha=-2 * len(cols), out=sims)
@@ -1155,7 +1158,8 @@ def spherical_kmeans(
     x: (N, d) float32, rows of unit L2 norm (normalised here, in a copy, if they
     are not; all-zero rows stay zero, are never seeds and count as distance 1 to
     every centroid). Unit float32 rows are used in place: the working memory is
-    O(N) labels and similarities plus one chunk.
+    the seeding's O(k·256) per-point state (O(N) for greedy k-means++ on every
+    point) plus one block per CPU worker; Lloyd keeps no per-point state.
     Under torch.distributed x is this rank's contiguous shard (``shard_for_rank``)
     and the result equals the single-process one. ``max_points_per_centroid``
     subsamples (seeded) to k·that points first; ``stats["subsampled_to"]`` says so.
@@ -1210,11 +1214,12 @@ def spherical_kmeans(
     init_used = pick_init(init, n_total, k)
     per_centroid = seed_points_per_centroid or SEED_POINTS_PER_CENTROID[init_used]
     chunk = chunk_size or backend_cls.default_chunk(k, d, dev, len(xt))
-    # k-means|| searches ~2k candidates at once, over the seeding's sample when there is one:
-    # its blocks take their share of that sample's size, not of every point's.
+    # A k-means|| round searches ℓ = 2k new candidates (a few % more or less) over the seeding's
+    # sample: in chunks of 2/5 of Lloyd's, its blocks stay within Lloyd's (chunk x k) up to 2.5k
+    # candidates, so one block a CPU worker serves the whole run (glibc kept the seeding's larger
+    # blocks beside Lloyd's: 300k x 27, k = 256, ~0.3 MB of a 6 MB working memory).
     sampled = per_centroid is not None and n_total > k * per_centroid
-    seed_chunk = chunk_size or backend_cls.default_chunk(
-        2 * k, d, dev, max(1, k * per_centroid * len(xt) // n_total) if sampled else len(xt))
+    seed_chunk = chunk_size or max(1, chunk * 2 // 5)
     points = backend_cls(xt, dev, chunk, stream)
     points.block = chunk * k
 
