@@ -3,11 +3,13 @@ script doing the same work, hgm's seedings on identical patches, and its backend
 scikit-learn) on the same patches with their peak memory.
 
     PYTHONPATH=. nice -n 5 .venv/bin/python benchmarks/kmeans.py [--data DIR] \\
-        [--cases 300000:256:2,2000000:1024:1] [--iterations 25] [--alone-max-n 300000]
+        [--cases 300000:256:5,2000000:1024:1] [--iterations 25] [--alone-max-n 300000]
 
 Per case (N CIFAR-10 3x3x3 patches, k clusters, 25 Lloyd iterations, seed 0):
 
-1. Whole command against whole script, alternated ``repeats`` times (best of each kept):
+1. Whole command against whole script, alternated ``repeats`` times (best of each kept;
+   5 at 300k, where one run is ~6 s and this VM's speed moves 20-50 % within the hour:
+   with 2, the ratio read 1.05 / 1.08 / 1.18 / 1.30 in four runs of one afternoon):
    ``python benchmarks/faiss_plain.py`` (load the batches, sample, standardise, normalise,
    ``faiss.Kmeans(spherical=True)``, random init, no subsampling, save) and
    ``python -m hgmcli cluster --init auto`` (the same, through hgm: k-means|| seeding on a
@@ -169,7 +171,7 @@ def fmt_row(name: str, r: dict, ref: dict | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="folder holding cifar-10-batches-py/ (or that folder)")
-    p.add_argument("--cases", default="300000:256:2,2000000:1024:1",
+    p.add_argument("--cases", default="300000:256:5,2000000:1024:1",
                    help="N:k[:repeats],... (repeats: alternations of script and command, best kept)")
     p.add_argument("--iterations", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
