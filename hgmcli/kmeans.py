@@ -45,12 +45,13 @@ entry i after i updates.
 
 Measured in one run of ``benchmarks/kmeans.py`` (``benchmarks/results/kmeans.txt``)
 on the 2-core box, CIFAR-10 3×3×3 patches, 25 Lloyd iterations: the whole
-``hgm cluster`` command took 1.08× the wall time (0.88× the CPU time) of a
+``hgm cluster`` command took 1.16× the wall time (0.93× the CPU time) of a
 plain script that loads the batches, samples, normalises and runs
 ``faiss.Kmeans(spherical=True)`` (random init, no subsampling) at 300k patches,
-k = 256, and 0.56× at 2M, k = 1024, where seeding (k-means|| on 262,144 points)
-was 7 % of the command; the objective was 0.11 % / 0.02 % below greedy
-k-means++ on every point; k-means alone worked in 1.17× / 1.13× the patches'
+k = 256 (1.05-1.30× over five runs of one afternoon: the VM's speed moves), and
+0.53× at 2M, k = 1024, where seeding (k-means|| on 262,144 points) was 6 % of
+the command; the objective was 0.11 % / 0.02 % below greedy k-means++ on every
+point; k-means alone worked in 1.16× / 1.09× the patches'
 own size. Most of the speed comes from running the CPU passes on single-threaded
 worker threads (``Points._run``) that make few torch calls a chunk: on the busy
 box torch's two OpenMP threads lose 2-4× at their barriers, FAISS's search, with
