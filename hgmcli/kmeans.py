@@ -356,10 +356,10 @@ class Points:
         return self._nonzero
 
     def search(self, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass: (sims (n,) float32, labels (n,) int32) of the nearest centroid."""
+        """One pass: (sims (n,) float32, labels (n,) int64) of the nearest centroid."""
         n = len(self)
         sims = torch.empty(n, dtype=torch.float32, device=self.device)
-        labels = torch.empty(n, dtype=torch.int32, device=self.device)
+        labels = torch.empty(n, dtype=torch.int64, device=self.device)
         search = self.searcher(centroids)
 
         def work(start, xc, _):
@@ -1300,4 +1300,4 @@ def assign(x, centroids, *, device="auto", chunk_size=None) -> tuple[np.ndarray,
     points = TorchPoints(xt, dev, chunk_size or TorchPoints.default_chunk(len(ct), 0, dev))
     with _full_fp32_matmul(), contextlib.closing(points):
         sims, labels = points.search(ct)
-    return labels.cpu().numpy().astype(np.int64), sims.cpu().numpy()
+    return labels.cpu().numpy(), sims.cpu().numpy()
